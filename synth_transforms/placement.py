@@ -1,0 +1,381 @@
+"""Sequential, topology-checked placement of bank organs into a label patch.
+
+Organs are inserted one after another, parents and large organs first. For each: a shape from a randomly chosen
+subject, a random scale, rotation and smooth deformation, position = anchor + jitter. The candidate is rasterised
+only inside its bounding box in the patch and checked against everything already placed; a candidate that breaks
+the topology graph is retried with new jitter up to ``max_tries`` times, then skipped and recorded. Organs whose
+anchor cannot reach the patch are not processed at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .anchors import AnchorModel
+from .bank import ShapeBank
+from .topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
+
+__all__ = ["OrganPlacer", "PlacementRecord", "random_rotation"]
+
+
+@dataclass
+class PlacementRecord:
+    """What one placement did.
+
+    Attributes:
+        origin_mm: frame position (mm) of the patch's first voxel.
+        spacing: voxel size (mm).
+        donor: the subject whose layout this patch follows.
+        placed: one dict per placed organ: ``organ``, ``class_id``, ``subject``, ``position_mm``,
+            ``expected_mm``, ``tolerance_mm``, ``tries``, ``voxels`` (in the patch, after carving).
+        skipped: one dict per organ given up after ``max_tries`` violating candidates: ``organ``, ``tries``,
+            ``reason`` (the last violation).
+        unreachable: organs not processed because their anchor cannot reach the patch.
+    """
+
+    origin_mm: np.ndarray
+    spacing: float
+    donor: str | None = None
+    placed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def retries(self) -> int:
+        """Total number of rejected candidates."""
+        return sum(p["tries"] - 1 for p in self.placed) + sum(s["tries"] for s in self.skipped)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+
+        def clean(d):
+            return {k: (np.asarray(v).round(2).tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+
+        return {
+            "origin_mm": np.asarray(self.origin_mm).round(2).tolist(),
+            "spacing": self.spacing,
+            "donor": self.donor,
+            "placed": [clean(p) for p in self.placed],
+            "skipped": [clean(s) for s in self.skipped],
+            "unreachable": list(self.unreachable),
+        }
+
+
+@dataclass
+class _Shape:
+    subject: str
+    flat: torch.Tensor  # padded mask, flattened (bool)
+    dims: np.ndarray  # padded mask shape
+    centroid: np.ndarray  # centroid in padded-crop voxels
+
+
+class OrganPlacer:
+    """Places a bank's organs into a label patch under anchors and a topology graph.
+
+    Args:
+        bank: the shape bank.
+        anchors: anchor model (default: derived from the bank).
+        graph: topology graph (default: derived from the bank).
+        organs: organs to place (default: all of the bank's). Class ids stay the bank's.
+        patch_size: label patch size in voxels (at the bank's spacing).
+        jitter_scale: multiplies each anchor's spread; 0 places every organ exactly at its anchor.
+        scale_range: per-axis random scale factor range.
+        rotation_deg: largest random rotation about each axis, in degrees.
+        deform_mm: amplitude of the smooth random deformation, in mm (0 disables it).
+        max_tries: candidates tried per organ before it is skipped.
+        max_carve_fraction: largest fraction of a new organ that may overlap adjacent organs (and is carved).
+        min_inside_fraction: smallest fraction of a child that must lie in its placed parent (``inside``).
+        donor_prob: each patch draws a donor subject; each organ takes the donor's shape with this probability
+            (else a random subject's) and is anchored at the donor's own position for it when measured there
+            (else the bank mean). Layouts from one body collide less; 0 mixes subjects freely.
+    """
+
+    def __init__(
+        self,
+        bank: ShapeBank,
+        anchors: AnchorModel | None = None,
+        graph: TopologyGraph | None = None,
+        organs: Sequence[str] | None = None,
+        patch_size: Sequence[int] = (96, 96, 96),
+        jitter_scale: float = 0.5,
+        scale_range: tuple[float, float] = (0.92, 1.08),
+        rotation_deg: float = 5.0,
+        deform_mm: float = 2.0,
+        max_tries: int = 6,
+        max_carve_fraction: float = 0.3,
+        min_inside_fraction: float = 0.5,
+        donor_prob: float = 0.9,
+    ):
+        self.patch_size = _check_patch_size(patch_size)
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        if jitter_scale < 0 or rotation_deg < 0 or deform_mm < 0:
+            raise ValueError("jitter_scale, rotation_deg and deform_mm must be >= 0")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        for name, value in [("max_carve_fraction", max_carve_fraction), ("min_inside_fraction", min_inside_fraction),
+                            ("donor_prob", donor_prob)]:
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if len(bank.organs) > 255:
+            raise ValueError(f"at most 255 organs are supported, the bank has {len(bank.organs)}")
+        self.bank = bank
+        self.anchors = anchors if anchors is not None else AnchorModel.from_bank(bank)
+        self.graph = graph if graph is not None else TopologyGraph.from_bank(bank)
+        if self.anchors.organs != bank.organs or self.graph.organs != bank.organs:
+            raise ValueError("anchors and topology graph must cover the bank's organs in the bank's class order")
+        organs = bank.check_organs(organs) if organs is not None else bank.organs
+        self.order = self.graph.placement_order(bank.median_volume_ml, organs)
+        self.jitter_scale = float(jitter_scale)
+        self.scale_range = tuple(float(s) for s in scale_range)
+        self.rotation_rad = np.deg2rad(rotation_deg)
+        self.deform_vox = deform_mm / bank.spacing
+        self.max_tries = int(max_tries)
+        self.max_carve_fraction = float(max_carve_fraction)
+        self.min_inside_fraction = float(min_inside_fraction)
+        self.donor_prob = float(donor_prob)
+        self.table = torch.from_numpy(self.graph.code_table().astype(np.int64))
+        self.writable = (self.table == CODE_FREE) | (self.table == CODE_OVERWRITE)
+        self.parent_ids = {
+            o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order
+        }
+        self.shapes = {o: [_prepare(s) for s in bank.usable_shapes(o)] for o in self.order}
+        self.donor_shapes = {o: {s.subject: _prepare(s) for s in bank.measured_shapes(o)} for o in self.order}
+        # Largest distance from an organ's centroid to its crop corner (mm), at the largest scale.
+        self.reach_mm = {
+            o: max(float(np.linalg.norm(np.maximum(s.centroid, s.dims - s.centroid))) for s in self.shapes[o])
+            * bank.spacing
+            * self.scale_range[1]
+            + deform_mm
+            for o in self.order
+        }
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        """Patch extent in mm."""
+        return np.asarray(self.patch_size) * self.bank.spacing
+
+    def __call__(self, rng: np.random.RandomState, center_mm: Sequence[float]) -> tuple[torch.Tensor, PlacementRecord]:
+        """Place organs into a patch centred at ``center_mm`` (frame coordinates).
+
+        Returns:
+            ``(label, record)``: a ``(H, W, D)`` ``torch.uint8`` label patch (class ids of the bank) and the
+            :class:`PlacementRecord`.
+        """
+        spacing = self.bank.spacing
+        origin = np.asarray(center_mm, dtype=float) - (np.asarray(self.patch_size) - 1) / 2 * spacing
+        canvas = torch.zeros(self.patch_size, dtype=torch.uint8)
+        record = PlacementRecord(origin, spacing)
+        placed_pos: dict[int, np.ndarray] = {}
+        placed_ids: set[int] = set()
+        donor = self.bank.subjects[rng.randint(len(self.bank.subjects))]
+        record.donor = donor
+        for organ in self.order:
+            cls_id = self.bank.class_id(organ)
+            index = cls_id - 1
+            expected = self.anchors.expected_position(index, placed_pos, donor)
+            slack = self.reach_mm[organ] + np.linalg.norm(self.anchors.tolerance_mm(index, self.jitter_scale))
+            if _box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack:
+                record.unreachable.append(organ)
+                continue
+            parents = [p for p in self.parent_ids[organ] if p in placed_ids]
+            reason = None
+            for tries in range(1, self.max_tries + 1):
+                # each retry draws fresh jitter of shrinking amplitude (1, 1 - 1/max_tries, ...), so later tries approach the anchor itself
+                damping = 1.0 - (tries - 1) / self.max_tries
+                shape = self._pick_shape(organ, donor, rng)
+                subject = donor if shape.subject == donor else None  # the donor's shape sits where the donor's did
+                pos, expected = self.anchors.sample(index, rng, self.jitter_scale * damping, placed_pos, subject)
+                warp = self._draw_warp(shape, (pos - origin) / spacing, rng, damping)
+                if warp is None:
+                    reason = "outside"
+                    break
+                reason, overlap = self._try_insert(canvas, shape, warp, cls_id, parents)
+                if reason == "outside":
+                    break
+                if reason is None:
+                    placed_pos[index] = pos
+                    placed_ids.add(cls_id)
+                    record.placed.append(
+                        {
+                            "organ": organ,
+                            "class_id": cls_id,
+                            "subject": shape.subject,
+                            "position_mm": pos,
+                            "expected_mm": expected,
+                            "tolerance_mm": self.anchors.tolerance_mm(index, self.jitter_scale),
+                            "tries": tries,
+                            **overlap,
+                        }
+                    )
+                    break
+            if reason == "outside":
+                record.unreachable.append(organ)
+            elif reason is not None:
+                record.skipped.append({"organ": organ, "tries": self.max_tries, "reason": reason})
+        counts = torch.bincount(canvas.flatten().long(), minlength=self.bank.num_classes)
+        for p in record.placed:
+            p["voxels"] = int(counts[p["class_id"]])
+        return canvas, record
+
+    def _pick_shape(self, organ: str, donor: str, rng: np.random.RandomState) -> _Shape:
+        """The donor's own shape (truncated or not) with probability donor_prob, else a random usable shape."""
+        own = self.donor_shapes[organ].get(donor)
+        if own is not None and rng.uniform() < self.donor_prob:
+            return own
+        shapes = self.shapes[organ]
+        return shapes[rng.randint(len(shapes))]
+
+    # ------------------------------------------------------------------ one candidate
+    def _draw_warp(
+        self, shape: _Shape, pos_vox: np.ndarray, rng: np.random.RandomState, damping: float = 1.0
+    ) -> _Warp | None:
+        """Draw a random warp of ``shape`` centred at ``pos_vox``; None when it cannot touch the patch.
+
+        ``damping`` in (0, 1] shrinks the random scale, rotation and deformation towards the identity.
+        """
+        scale = 1.0 + damping * (rng.uniform(*self.scale_range, size=3) - 1.0)
+        forward = random_rotation(rng, damping * self.rotation_rad) * scale[None, :]  # crop voxel -> patch voxel
+        inverse = np.linalg.inv(forward)
+        corners = np.array(np.meshgrid(*[[0.0, d - 1.0] for d in shape.dims], indexing="ij")).reshape(3, -1)
+        mapped = forward @ (corners - shape.centroid[:, None]) + pos_vox[:, None]
+        margin = damping * self.deform_vox + 1
+        lo = np.maximum(np.floor(mapped.min(axis=1) - margin), 0).astype(int)
+        hi = np.minimum(np.ceil(mapped.max(axis=1) + margin) + 1, self.patch_size).astype(int)
+        if np.any(hi <= lo):
+            return None
+        size = hi - lo
+        # crop coordinate u = centroid + inverse @ (x - pos) + bend(x) for each patch voxel x of the region; the
+        # bend is a sum of smooth 1D curves, one per (crop axis, patch axis), so the warp stays separable and
+        # costs no more than the affine part. +0.5 makes the integer conversion round to nearest.
+        offset = shape.centroid + inverse @ (lo - pos_vox) + 0.5
+        terms = [
+            [inverse[axis, m] * np.arange(n) + _bend(rng, n, damping * self.deform_vox) for m, n in enumerate(size)]
+            for axis in range(3)
+        ]
+        for axis in range(3):
+            terms[axis][0] = terms[axis][0] + offset[axis]
+        return _Warp(lo, hi, terms)
+
+    def _sample(self, shape: _Shape, warp: _Warp, step: int = 1) -> torch.Tensor:
+        """Candidate mask on the warp's region, every ``step``-th voxel along each axis."""
+        flat_index = None  # float32 is exact here: padded crops hold < 2**24 voxels
+        stride = 1.0
+        for axis in (2, 1, 0):
+            t0, t1, t2 = (torch.from_numpy(t[::step].astype(np.float32)) for t in warp.terms[axis])
+            u = (t0[:, None, None] + t1[None, :, None]) + t2[None, None, :]
+            # the padded crop's border is empty, so clamping sends every outside point to an empty voxel
+            u.clamp_(0, float(shape.dims[axis] - 1)).floor_()
+            if flat_index is None:
+                flat_index = u
+            else:
+                flat_index.add_(u.mul_(stride))
+            stride *= float(shape.dims[axis])
+        return shape.flat[flat_index.long()]
+
+    def _violation(self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]) -> tuple[str | None, dict]:
+        """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones)."""
+        codes = self.table[cls_id][existing]
+        counts = torch.bincount(codes, minlength=5)
+        if counts[CODE_DISJOINT] > 0:
+            hit = torch.unique(existing[codes == CODE_DISJOINT]).tolist()
+            return "disjoint overlap with " + ", ".join(self.bank.organs[h - 1] for h in hit), {}
+        carved = int(counts[CODE_CARVE] + counts[CODE_KEEP])
+        if carved > self.max_carve_fraction * n:
+            return f"adjacent overlap {carved / n:.0%} > {self.max_carve_fraction:.0%}", {}
+        if parents:
+            inside = int(sum((existing == p).sum() for p in parents))
+            if inside < self.min_inside_fraction * n:
+                return f"only {inside / n:.0%} inside its parent", {}
+        return None, {"carved": carved, "overwritten": int(counts[CODE_OVERWRITE])}
+
+    def _try_insert(
+        self, canvas: torch.Tensor, shape: _Shape, warp: _Warp, cls_id: int, parents: list[int]
+    ) -> tuple[str | None, dict]:
+        """Check a candidate against the canvas and write it.
+
+        A coarse pass (every second voxel) rejects most violating candidates at an eighth of the cost; the full
+        pass then checks and writes. Returns ``(None, overlap counts)`` on success, else ``(violation, {})``;
+        the violation is ``"outside"`` when the warped shape covers no voxel of the patch.
+        """
+        view = canvas[warp.region]
+        if not parents:  # an inside test needs the full resolution; a coarse one could wrongly reject
+            coarse = self._sample(shape, warp, step=2)
+            hits = view[::2, ::2, ::2][coarse]
+            existing = hits[hits != 0].long()
+            if existing.numel():
+                reason, _ = self._violation(existing, cls_id, max(int(coarse.sum()), 1), parents)
+                if reason is not None and reason.startswith("disjoint"):
+                    return reason, {}
+        cand = self._sample(shape, warp)
+        under = view[cand]
+        n = under.numel()
+        if n == 0:
+            return "outside", {}
+        occupied = under != 0
+        existing = under[occupied].long()
+        if existing.numel() == 0:
+            view.masked_fill_(cand, cls_id)
+            return None, {"carved": 0, "overwritten": 0}
+        reason, overlap = self._violation(existing, cls_id, n, parents)
+        if reason is None:
+            keep = torch.zeros_like(occupied)
+            keep[occupied] = ~self.writable[cls_id][existing]
+            under[~keep] = cls_id
+            view[cand] = under
+        return reason, overlap
+
+
+@dataclass
+class _Warp:
+    """A drawn warp: the patch region it covers and the separable terms of the crop coordinates."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    terms: list[list[np.ndarray]]  # terms[crop axis][patch axis]: 1D array over that patch axis
+
+    @property
+    def region(self) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+
+
+def _bend(rng: np.random.RandomState, n: int, amplitude: float) -> np.ndarray:
+    """A smooth random 1D displacement of ``n`` samples: half a sine period with random phase, |d| <= amplitude."""
+    if amplitude <= 0:
+        return np.zeros(n)
+    a, phase = rng.uniform(-amplitude, amplitude), rng.uniform(0, np.pi)
+    return a * np.sin(np.linspace(0, np.pi, n) + phase)
+
+
+def random_rotation(rng: np.random.RandomState, max_angle: float) -> np.ndarray:
+    """Rotation matrix from three angles drawn uniformly in ``[-max_angle, max_angle]`` (radians)."""
+    a, b, c = rng.uniform(-max_angle, max_angle, size=3)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _prepare(shape) -> _Shape:
+    padded = np.pad(shape.mask, 1)
+    return _Shape(
+        shape.subject, torch.from_numpy(padded.ravel().copy()), np.asarray(padded.shape), np.argwhere(padded).mean(0)
+    )
+
+
+def _box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Euclidean distance from a point to an axis-aligned box (0 inside)."""
+    return float(np.linalg.norm(np.maximum(np.maximum(lo - point, point - hi), 0.0)))
+
+
+def _check_patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
+    size = tuple(patch_size) if not isinstance(patch_size, int) else (patch_size,) * 3
+    if len(size) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        raise ValueError(f"patch_size must be 3 positive integers, got {patch_size!r}")
+    if max(size) > 512:
+        raise ValueError(f"patch_size {size} is too large: at most 512 voxels per axis")
+    return tuple(int(s) for s in size)

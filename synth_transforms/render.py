@@ -1,0 +1,144 @@
+"""Rendering: label patch -> synthetic image.
+
+Each organ is drawn as a contour shell (the voxels within ``thickness`` of a label change, on the organ's side)
+at a random intensity per organ per sample. ``fill`` draws the whole organ instead (SynthSeg-like per-label
+intensities), ``mixed`` draws shells plus a faint interior fill. Then Gaussian blur, a smooth multiplicative bias
+field and Gaussian noise; the result is float32 in [0, 1]. Every operation is a few passes over the patch
+(shifted comparisons and adds, separable terms), so rendering costs milliseconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["render_label", "contour_shell", "RENDER_MODES"]
+
+RENDER_MODES = ("shell", "fill", "mixed")
+
+
+def contour_shell(label: torch.Tensor, thickness: int = 1) -> torch.Tensor:
+    """Voxels of non-zero labels lying within ``thickness`` voxels (6-connected steps) of a label change.
+
+    Args:
+        label: ``(H, W, D)`` integer label map.
+        thickness: shell thickness in voxels (>= 1).
+
+    Returns:
+        ``(H, W, D)`` boolean shell mask.
+    """
+    if thickness < 1:
+        raise ValueError(f"thickness must be >= 1, got {thickness}")
+    edge = torch.zeros(label.shape, dtype=torch.bool)
+    for axis in range(3):
+        n = label.shape[axis]
+        diff = label.narrow(axis, 1, n - 1) != label.narrow(axis, 0, n - 1)
+        edge.narrow(axis, 1, n - 1).logical_or_(diff)
+        edge.narrow(axis, 0, n - 1).logical_or_(diff)
+    for _ in range(thickness - 1):
+        grown = edge.clone()
+        for axis in range(3):
+            n = label.shape[axis]
+            grown.narrow(axis, 1, n - 1).logical_or_(edge.narrow(axis, 0, n - 1))
+            grown.narrow(axis, 0, n - 1).logical_or_(edge.narrow(axis, 1, n - 1))
+        edge = grown
+    return edge & (label != 0)
+
+
+def render_label(
+    label: torch.Tensor,
+    rng: np.random.RandomState,
+    num_classes: int | None = None,
+    mode: str = "shell",
+    thickness: tuple[int, int] = (1, 2),
+    intensity_range: tuple[float, float] = (0.3, 1.0),
+    fill_range: tuple[float, float] = (0.0, 0.3),
+    blur_sigma: tuple[float, float] = (0.0, 1.0),
+    bias_strength: tuple[float, float] = (0.0, 0.3),
+    noise_std: tuple[float, float] = (0.0, 0.05),
+) -> torch.Tensor:
+    """Render a label patch as a synthetic image.
+
+    Args:
+        label: ``(H, W, D)`` integer label map (0 = background).
+        rng: random state; every random draw of the call comes from it.
+        num_classes: number of classes including background (default: ``label.max() + 1``).
+        mode: ``"shell"`` (contours only), ``"fill"`` (whole organs) or ``"mixed"`` (contours + faint fill).
+        thickness: inclusive range of the shell thickness in voxels (one value per sample).
+        intensity_range: range of the per-organ intensities (shells in shell/mixed, organs in fill mode).
+        fill_range: for ``mixed``, the interior fill as a fraction of the organ's own shell intensity.
+        blur_sigma: range of the Gaussian blur sigma in voxels (0 = none).
+        bias_strength: range of the bias field's amplitude (multiplicative, ``exp(+-strength)``).
+        noise_std: range of the Gaussian noise standard deviation.
+
+    Returns:
+        ``(H, W, D)`` float32 image in [0, 1].
+    """
+    if mode not in RENDER_MODES:
+        raise ValueError(f"mode must be one of {RENDER_MODES}, got {mode!r}")
+    for name, (low, high) in [("intensity_range", intensity_range), ("fill_range", fill_range)]:
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"{name} must satisfy 0 <= low <= high <= 1, got {(low, high)}")
+    if not 1 <= thickness[0] <= thickness[1]:
+        raise ValueError(f"thickness must satisfy 1 <= low <= high, got {thickness}")
+    if label.ndim != 3:
+        raise ValueError(f"label must be a 3D (H, W, D) map, got shape {tuple(label.shape)}")
+    label = label.long() if label.dtype != torch.uint8 else label
+    n = int(num_classes) if num_classes is not None else int(label.max()) + 1
+    organ_level = torch.from_numpy(rng.uniform(*intensity_range, size=n).astype(np.float32))
+    organ_level[0] = 0.0
+    index = label.long()
+    if mode == "fill":
+        image = organ_level[index]
+    else:
+        shell = contour_shell(label, int(rng.randint(thickness[0], thickness[1] + 1)))
+        image = organ_level[index] * shell
+        if mode == "mixed":
+            image += (organ_level * float(rng.uniform(*fill_range)))[index] * ~shell
+    sigma = rng.uniform(*blur_sigma)
+    if sigma > 0.2:
+        image = _gaussian_blur(image, sigma)
+    strength = rng.uniform(*bias_strength)
+    if strength > 0:
+        image *= _bias_field(label.shape, rng, strength)
+    std = rng.uniform(*noise_std)
+    if std > 0:
+        gen = torch.Generator().manual_seed(int(rng.randint(2**31)))
+        image += torch.randn(image.shape, generator=gen) * std
+    return image.clamp_(0.0, 1.0)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with a kernel truncated at 2 sigma, edges replicated, done with shifted adds."""
+    radius = max(1, int(np.ceil(2 * sigma)))
+    weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    weights /= weights.sum()
+    for axis in range(image.ndim):
+        n = image.shape[axis]
+        out = image * float(weights[radius])
+        for d in range(1, radius + 1):
+            if d >= n:
+                break
+            w = float(weights[radius + d])
+            # neighbour at -d and +d, replicating the edge voxel beyond the border
+            out.narrow(axis, d, n - d).add_(image.narrow(axis, 0, n - d), alpha=w)
+            out.narrow(axis, 0, d).add_(image.narrow(axis, 0, 1), alpha=w)
+            out.narrow(axis, 0, n - d).add_(image.narrow(axis, d, n - d), alpha=w)
+            out.narrow(axis, n - d, d).add_(image.narrow(axis, n - 1, 1), alpha=w)
+        image = out
+    return image
+
+
+def _bias_field(shape: Sequence[int], rng: np.random.RandomState, strength: float) -> torch.Tensor:
+    """Smooth multiplicative field ``exp(f0(x) + f1(y) + f2(z))``, each ``f`` a random low-frequency cosine."""
+    field = None
+    for axis, n in enumerate(shape):
+        freq, phase = rng.uniform(0.5, 1.5), rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(-strength, strength) / np.sqrt(3)
+        f = torch.from_numpy(np.exp(amp * np.cos(np.pi * freq * np.linspace(0, 1, n) + phase)).astype(np.float32))
+        view = [1, 1, 1]
+        view[axis] = n
+        field = f.view(view) if field is None else field * f.view(view)
+    return field
