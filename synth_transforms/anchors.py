@@ -169,9 +169,14 @@ class AnchorModel:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
         """JSON-serialisable form (for inspection or hand-editing)."""
+        positions = {
+            s: [None if np.isnan(p).any() else p.round(3).tolist() for p in pos]
+            for s, pos in (self.subject_positions_mm or {}).items()
+        }
         return {
             "max_sigma": self.max_sigma,
             "subject_offsets_mm": self.subject_offsets_mm,
+            "subject_positions_mm": positions,
             "organs": {
                 o: {
                     "mean_mm": self.mean_mm[i].round(3).tolist(),
@@ -218,9 +223,16 @@ class AnchorModel:
             if p is not None and p not in organs:
                 raise ValueError(f"anchors {path}: organ {o!r} has unknown parent {p!r}")
         parent = np.array([organs.index(p) if p is not None else -1 for p in parents])
+        positions = {
+            s: np.array([[np.nan] * 3 if p is None else p for p in pos], dtype=float)
+            for s, pos in (data.get("subject_positions_mm") or {}).items()
+        }
+        for s, pos in positions.items():
+            if pos.shape != (len(organs), 3):
+                raise ValueError(f"anchors {path}: subject_positions_mm[{s!r}] needs a 3-vector (or null) per organ")
         return cls(
             organs, arr("mean_mm"), arr("std_mm"), parent, arr("offset_mean_mm"), arr("offset_std_mm"),
-            float(data.get("max_sigma", 2.0)), data.get("subject_offsets_mm"),
+            float(data.get("max_sigma", 2.0)), data.get("subject_offsets_mm"), positions or None,
         )
 
 

@@ -196,6 +196,7 @@ class ShapeBank:
         mirror_pairs: Sequence[tuple[str, str]] | None = DEFAULT_MIRROR_PAIRS,
         min_voxels: int = 20,
         reader: str | None = None,
+        contact_margin: int = 1,
     ) -> ShapeBank:
         """Build a bank from label maps and a class map.
 
@@ -210,6 +211,8 @@ class ShapeBank:
                 ``()`` to disable. Pairs with an organ outside ``organs`` are ignored.
             min_voxels: masks smaller than this are treated as absent (stray voxels).
             reader: MONAI reader name to force (e.g. ``"ITKReader"``); default picks by file type.
+            contact_margin: thickness in voxels of the outer shell over which contact is measured: 1 counts only
+                touching organs; 2 also counts organs separated by one unlabelled voxel (a thin fat plane).
 
         Raises:
             FileNotFoundError, ValueError: a label map or the class map is missing or unreadable; the class map
@@ -250,7 +253,7 @@ class ShapeBank:
             found = _measure_subject(str(subject), organ_map, organ_names, spacing, min_voxels)
             for organ, shape in found.items():
                 shapes[organ].append(shape)
-            contact[str(subject)] = _contact_fractions(organ_map, found, organ_names)
+            contact[str(subject)] = _contact_fractions(organ_map, found, organ_names, contact_margin)
             logger.info("bank: subject %s: %d of %d organs", subject, len(found), len(organ_names))
         absent = [o for o in organ_names if not shapes[o]]
         if absent:
@@ -265,6 +268,7 @@ class ShapeBank:
             "label_maps": {str(k): str(v) for k, v in label_maps.items()},
             "organs": {o: list(p) for o, p in organs.items()},
             "mirror_pairs": [list(p) for p in (mirror_pairs or ())],
+            "contact_margin": contact_margin,
         }
         return cls(organ_names, float(spacing), [str(s) for s in label_maps], shapes, contact, source)
 
@@ -392,17 +396,19 @@ def _measure_subject(
     return found
 
 
-def _contact_fractions(organ_map: np.ndarray, found: dict[str, OrganShape], organs: list[str]) -> np.ndarray:
-    """``out[a, b]``: fraction of organ a's outer one-voxel shell (6-connected) that lies in organ b."""
+def _contact_fractions(
+    organ_map: np.ndarray, found: dict[str, OrganShape], organs: list[str], margin: int = 1
+) -> np.ndarray:
+    """``out[a, b]``: fraction of organ a's outer shell, ``margin`` voxels thick (6-connected), lying in organ b."""
     n = len(organs)
     out = np.full((n, n), np.nan, dtype=np.float32)
     for organ, s in found.items():
         a = organs.index(organ)
-        lo = [max(o - 1, 0) for o in s.offset_vox]
-        hi = [min(o + m + 1, d) for o, m, d in zip(s.offset_vox, s.mask.shape, organ_map.shape, strict=True)]
+        lo = [max(o - margin, 0) for o in s.offset_vox]
+        hi = [min(o + m + margin, d) for o, m, d in zip(s.offset_vox, s.mask.shape, organ_map.shape, strict=True)]
         window = organ_map[tuple(slice(l_, h) for l_, h in zip(lo, hi, strict=True))]
         inside = window == a + 1
-        shell = ndimage.binary_dilation(inside) & ~inside
+        shell = ndimage.binary_dilation(inside, iterations=margin) & ~inside
         neighbours = window[shell]
         counts = np.bincount(neighbours, minlength=n + 1)[1:]
         out[a] = counts / max(len(neighbours), 1)

@@ -28,10 +28,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes the file private (0600); give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """Mode a newly created file gets under the process umask (0644 under the usual umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> None:
@@ -100,7 +108,8 @@ def read_label_map(
         raise ValueError(f"label map {path}: cannot be read as an image ({type(e).__name__}: {e})") from e
     if img.ndim != 3:
         raise ValueError(f"label map {path}: expected a 3D image, got shape {tuple(img.shape)}")
-    steps: list[Callable] = [EnsureChannelFirst(channel_dim="no_channel"), Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+    steps: list[Callable] = [EnsureChannelFirst(channel_dim="no_channel"), ras]
     if spacing is not None:
         steps.append(Spacing(pixdim=(spacing,) * 3, mode="nearest", padding_mode="zeros"))
     img = Compose(steps)(img)

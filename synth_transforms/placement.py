@@ -9,6 +9,7 @@ anchor cannot reach the patch are not processed at all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,9 +102,9 @@ class OrganPlacer:
         graph: TopologyGraph | None = None,
         organs: Sequence[str] | None = None,
         patch_size: Sequence[int] = (96, 96, 96),
-        jitter_scale: float = 0.5,
-        scale_range: tuple[float, float] = (0.92, 1.08),
-        rotation_deg: float = 5.0,
+        jitter_scale: float = 0.4,
+        scale_range: tuple[float, float] = (0.93, 1.07),
+        rotation_deg: float = 4.0,
         deform_mm: float = 2.0,
         max_tries: int = 6,
         max_carve_fraction: float = 0.3,
@@ -143,11 +144,21 @@ class OrganPlacer:
         self.parent_ids = {
             o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order
         }
-        self.shapes = {o: [_prepare(s) for s in bank.usable_shapes(o)] for o in self.order}
-        self.donor_shapes = {o: {s.subject: _prepare(s) for s in bank.measured_shapes(o)} for o in self.order}
+        prepared: dict[int, _Shape] = {}  # bank shapes are shared between the two views below: prepare once
+
+        def prepare(shape) -> _Shape:
+            if id(shape) not in prepared:
+                prepared[id(shape)] = _prepare(shape)
+            return prepared[id(shape)]
+
+        self.shapes = {o: [prepare(s) for s in bank.usable_shapes(o)] for o in self.order}
+        self.donor_shapes = {o: {s.subject: prepare(s) for s in bank.measured_shapes(o)} for o in self.order}
         # Largest distance from an organ's centroid to its crop corner (mm), at the largest scale.
         self.reach_mm = {
-            o: max(float(np.linalg.norm(np.maximum(s.centroid, s.dims - s.centroid))) for s in self.shapes[o])
+            o: max(
+                float(np.linalg.norm(np.maximum(s.centroid, s.dims - s.centroid)))
+                for s in self.shapes[o] + list(self.donor_shapes[o].values())
+            )
             * bank.spacing
             * self.scale_range[1]
             + deform_mm
@@ -185,7 +196,8 @@ class OrganPlacer:
             parents = [p for p in self.parent_ids[organ] if p in placed_ids]
             reason = None
             for tries in range(1, self.max_tries + 1):
-                # each retry draws fresh jitter of shrinking amplitude (1, 1 - 1/max_tries, ...), so later tries approach the anchor itself
+                # each retry draws fresh jitter of shrinking amplitude (1, 1 - 1/max_tries, ...), so later
+                # tries approach the anchor itself
                 damping = 1.0 - (tries - 1) / self.max_tries
                 shape = self._pick_shape(organ, donor, rng)
                 subject = donor if shape.subject == donor else None  # the donor's shape sits where the donor's did
@@ -241,18 +253,23 @@ class OrganPlacer:
         scale = 1.0 + damping * (rng.uniform(*self.scale_range, size=3) - 1.0)
         forward = random_rotation(rng, damping * self.rotation_rad) * scale[None, :]  # crop voxel -> patch voxel
         inverse = np.linalg.inv(forward)
+        # Scale and rotate about the organ point nearest the patch centre, not its centroid: a spine or aorta
+        # turned 5 degrees about a centroid 20 cm away would sweep through its neighbours inside the patch.
+        centre = (np.asarray(self.patch_size) - 1) / 2
+        pivot_crop = np.clip(shape.centroid + centre - pos_vox, 0, shape.dims - 1)
+        pivot_vox = pos_vox + pivot_crop - shape.centroid
         corners = np.array(np.meshgrid(*[[0.0, d - 1.0] for d in shape.dims], indexing="ij")).reshape(3, -1)
-        mapped = forward @ (corners - shape.centroid[:, None]) + pos_vox[:, None]
+        mapped = forward @ (corners - pivot_crop[:, None]) + pivot_vox[:, None]
         margin = damping * self.deform_vox + 1
         lo = np.maximum(np.floor(mapped.min(axis=1) - margin), 0).astype(int)
         hi = np.minimum(np.ceil(mapped.max(axis=1) + margin) + 1, self.patch_size).astype(int)
         if np.any(hi <= lo):
             return None
         size = hi - lo
-        # crop coordinate u = centroid + inverse @ (x - pos) + bend(x) for each patch voxel x of the region; the
+        # crop coordinate u = pivot + inverse @ (x - pivot') + bend(x) for each patch voxel x of the region; the
         # bend is a sum of smooth 1D curves, one per (crop axis, patch axis), so the warp stays separable and
         # costs no more than the affine part. +0.5 makes the integer conversion round to nearest.
-        offset = shape.centroid + inverse @ (lo - pos_vox) + 0.5
+        offset = pivot_crop + inverse @ (lo - pivot_vox) + 0.5
         terms = [
             [inverse[axis, m] * np.arange(n) + _bend(rng, n, damping * self.deform_vox) for m, n in enumerate(size)]
             for axis in range(3)
@@ -275,7 +292,8 @@ class OrganPlacer:
             else:
                 flat_index.add_(u.mul_(stride))
             stride *= float(shape.dims[axis])
-        return shape.flat[flat_index.long()]
+        # index_select with int32 indices is several times faster than advanced indexing with int64 here
+        return shape.flat.index_select(0, flat_index.int().view(-1)).view(flat_index.shape)
 
     def _violation(self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]) -> tuple[str | None, dict]:
         """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones)."""
@@ -318,7 +336,7 @@ class OrganPlacer:
             return "outside", {}
         occupied = under != 0
         existing = under[occupied].long()
-        if existing.numel() == 0:
+        if existing.numel() == 0 and not parents:  # a child on empty ground still fails its inside check
             view.masked_fill_(cand, cls_id)
             return None, {"carved": 0, "overwritten": 0}
         reason, overlap = self._violation(existing, cls_id, n, parents)
@@ -348,7 +366,15 @@ def _bend(rng: np.random.RandomState, n: int, amplitude: float) -> np.ndarray:
     if amplitude <= 0:
         return np.zeros(n)
     a, phase = rng.uniform(-amplitude, amplitude), rng.uniform(0, np.pi)
-    return a * np.sin(np.linspace(0, np.pi, n) + phase)
+    return a * np.sin(_half_period(n) + phase)
+
+
+@functools.lru_cache(maxsize=1024)
+def _half_period(n: int) -> np.ndarray:
+    """``n`` evenly spaced angles over [0, pi] (cached; region sizes repeat)."""
+    out = np.linspace(0, np.pi, n)
+    out.flags.writeable = False
+    return out
 
 
 def random_rotation(rng: np.random.RandomState, max_angle: float) -> np.ndarray:
@@ -361,10 +387,12 @@ def random_rotation(rng: np.random.RandomState, max_angle: float) -> np.ndarray:
 
 
 def _prepare(shape) -> _Shape:
+    """Pad a bank shape by one empty voxel (the clamping target of the lookup) and flatten it."""
     padded = np.pad(shape.mask, 1)
-    return _Shape(
-        shape.subject, torch.from_numpy(padded.ravel().copy()), np.asarray(padded.shape), np.argwhere(padded).mean(0)
-    )
+    n = padded.sum()
+    profiles = [padded.sum(axis=tuple(a for a in range(3) if a != k)) for k in range(3)]  # voxels per slice
+    centroid = np.array([(p * np.arange(p.size)).sum() / n for p in profiles])
+    return _Shape(shape.subject, torch.from_numpy(padded.ravel().copy()), np.asarray(padded.shape), centroid)
 
 
 def _box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:

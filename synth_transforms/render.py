@@ -85,18 +85,21 @@ def render_label(
         raise ValueError(f"thickness must satisfy 1 <= low <= high, got {thickness}")
     if label.ndim != 3:
         raise ValueError(f"label must be a 3D (H, W, D) map, got shape {tuple(label.shape)}")
-    label = label.long() if label.dtype != torch.uint8 else label
     n = int(num_classes) if num_classes is not None else int(label.max()) + 1
     organ_level = torch.from_numpy(rng.uniform(*intensity_range, size=n).astype(np.float32))
     organ_level[0] = 0.0
-    index = label.long()
+    index = label.int().reshape(-1)  # reshape: a non-contiguous label (a permuted view) cannot be viewed flat
+
+    def per_voxel(levels: torch.Tensor) -> torch.Tensor:  # levels[label], via the fast int32 index_select
+        return levels.index_select(0, index).view(label.shape)
+
     if mode == "fill":
-        image = organ_level[index]
+        image = per_voxel(organ_level)
     else:
         shell = contour_shell(label, int(rng.randint(thickness[0], thickness[1] + 1)))
-        image = organ_level[index] * shell
+        image = per_voxel(organ_level) * shell
         if mode == "mixed":
-            image += (organ_level * float(rng.uniform(*fill_range)))[index] * ~shell
+            image += per_voxel(organ_level * float(rng.uniform(*fill_range))) * ~shell
     sigma = rng.uniform(*blur_sigma)
     if sigma > 0.2:
         image = _gaussian_blur(image, sigma)
@@ -105,9 +108,29 @@ def render_label(
         image *= _bias_field(label.shape, rng, strength)
     std = rng.uniform(*noise_std)
     if std > 0:
-        gen = torch.Generator().manual_seed(int(rng.randint(2**31)))
-        image += torch.randn(image.shape, generator=gen) * std
+        image.add_(_gaussian_noise(image.shape, rng), alpha=float(std))
     return image.clamp_(0.0, 1.0)
+
+
+_NOISE_TABLE_SIZE = 1 << 22
+_noise_table: torch.Tensor | None = None
+
+
+def _gaussian_noise(shape: Sequence[int], rng: np.random.RandomState) -> torch.Tensor:
+    """Standard normal noise of ``shape``: a random window of a fixed table (cheaper than drawing it each time).
+
+    The table is drawn once per process from a fixed seed, so the result depends only on ``rng``. Patches larger
+    than the table get freshly drawn noise.
+    """
+    global _noise_table
+    n = int(np.prod(shape))
+    if n > _NOISE_TABLE_SIZE:
+        gen = torch.Generator().manual_seed(int(rng.randint(2**31)))
+        return torch.randn(tuple(shape), generator=gen)
+    if _noise_table is None:
+        _noise_table = torch.randn(_NOISE_TABLE_SIZE, generator=torch.Generator().manual_seed(0))
+    start = int(rng.randint(_NOISE_TABLE_SIZE - n + 1))
+    return _noise_table[start : start + n].view(tuple(shape))  # read-only use: callers must not modify it
 
 
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:

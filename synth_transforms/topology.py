@@ -69,9 +69,18 @@ class TopologyGraph:
             raise ValueError(f"topology graph: unknown relation {relation!r} for {a}-{b}; expected one of {RELATIONS}")
         if a == b:
             raise ValueError(f"topology graph: organ {a!r} cannot be related to itself")
-        self._pairs[frozenset((a, b))] = (relation, b if relation == INSIDE else None)
+        pair = frozenset((a, b))
+        previous = self._pairs.get(pair)
+        self._pairs[pair] = (relation, b if relation == INSIDE else None)
         if relation == INSIDE:
-            self._check_no_cycle(a)
+            try:
+                self._check_no_cycle(a)
+            except ValueError:  # keep the graph as it was: a kept cycle would hang placement_order
+                if previous is None:
+                    del self._pairs[pair]
+                else:
+                    self._pairs[pair] = previous
+                raise
         return self
 
     def relation(self, a: str, b: str) -> str:

@@ -404,7 +404,7 @@ class RandAnatomySynthd(_SynthPaird):
 
 
 class RandPrimitiveSynthd(_SynthPaird):
-    """Dictionary form of :class:`RandPrimitiveSynth` (the FDSL baseline), same contract as :class:`RandAnatomySynthd`."""
+    """Dictionary form of :class:`RandPrimitiveSynth` (the FDSL baseline); same contract as RandAnatomySynthd."""
 
     def __init__(self, keys: KeysCollection = ("image", "label"), **kwargs):
         super().__init__(keys, RandPrimitiveSynth(**kwargs))
