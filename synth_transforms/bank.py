@@ -328,6 +328,9 @@ class ShapeBank:
             raise ValueError(
                 f"shape bank {path}: format version {meta.get('format_version')}, expected {BANK_FORMAT_VERSION}"
             )
+        missing = [k for k in ("organs", "spacing", "subjects", "shapes") if k not in meta]
+        if missing:
+            raise ValueError(f"shape bank {path}: metadata lacks {missing}")
         shapes: dict[str, list[OrganShape]] = {o: [] for o in meta["organs"]}
         for e in meta["shapes"]:
             n = int(np.prod(e["shape"]))

@@ -31,7 +31,9 @@ class PlacementRecord:
         origin_mm: frame position (mm) of the patch's first voxel.
         spacing: voxel size (mm).
         donor: the subject whose layout this patch follows.
-        placed: one dict per placed organ: ``organ``, ``class_id``, ``subject``, ``position_mm``,
+        placed: one dict per placed organ (``position_mm`` is where its centroid goes before the local scale,
+            rotation and deformation, which pivot on the organ point nearest the patch centre): ``organ``,
+            ``class_id``, ``subject``, ``position_mm``,
             ``expected_mm``, ``tolerance_mm``, ``tries``, ``voxels`` (in the patch, after carving).
         skipped: one dict per organ given up after ``max_tries`` violating candidates: ``organ``, ``tries``,
             ``reason`` (the last violation).

@@ -106,7 +106,8 @@ def load_pretrained(
         )
 
     scope_names = [k for k in target if transfer == "full" or k.startswith(ENCODER_PREFIX)]
-    missing = [k for k in scope_names if k not in loaded]
+    skipped_names = {d.split(":")[0] for d in skipped_out + skipped_shape}
+    missing = [k for k in scope_names if k not in loaded and k not in skipped_names]
     merged = dict(target)
     merged.update({k: v.to(dtype=target[k].dtype) for k, v in loaded.items()})
     model.load_state_dict(merged)
@@ -151,10 +152,14 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise RuntimeError(
-            f"Cannot read pretrained weights file {path}: it is not a readable torch file of tensors "
-            f"(corrupt, truncated or not saved with torch.save): {e}"
-        ) from e
+        if not zipfile.is_zipfile(path):
+            reason = "it is not a torch.save file (corrupt, truncated, another format, or torch's legacy format)"
+        else:
+            reason = (
+                "it is a torch.save file that cannot be loaded as plain tensors (corrupt, or it holds Python objects "
+                "that weights-only loading refuses: re-save just the state dict with torch.save(net.state_dict(), f))"
+            )
+        raise RuntimeError(f"Cannot read pretrained weights file {path}: {reason} ({type(e).__name__}).") from e
     state = _find_state_dict(obj)
     if state is None:
         keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
@@ -163,10 +168,14 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
             f"possibly under one of {_WRAPPER_KEYS}; found {keys}."
         )
     names = list(state)
-    for prefix in _WHOLE_PREFIXES:
-        while names and all(n.startswith(prefix) for n in names):
-            names = [n[len(prefix) :] for n in names]
-    return dict(zip(names, state.values()))
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WHOLE_PREFIXES:
+            if all(n.startswith(prefix) for n in names):
+                names = [n[len(prefix) :] for n in names]
+                stripped = True
+    return dict(zip(names, state.values(), strict=True))
 
 
 def _find_state_dict(obj: object, depth: int = 0) -> Mapping | None:

@@ -1,0 +1,587 @@
+"""Plausibility metrics of anatomy-informed synthetic label patches.
+
+Per sample (:func:`sample_metrics`), from the label patch, its :class:`~synth_transforms.placement.PlacementRecord`
+and the topology graph, and optionally an :class:`InsertAudit` of the placement:
+
+- **label values**: every value is one of the documented class ids ``0..num_classes - 1``, every organ in the
+  patch was recorded as placed, and the recorded voxel counts match the patch;
+- **overlap violations per relation** (audit): voxels a newly inserted organ took from an organ it must be
+  disjoint from, from an adjacent organ (adjacent overlap must be carved out of the new organ instead), or from
+  its own child (a parent must never cover its child). All three must be 0. The allowed overlaps are counted as
+  well: adjacent voxels carved (record) and parent voxels covered by an ``inside`` child (record and audit);
+- **contact** in the label map (information): voxels with a 6-neighbour of an organ they are disjoint from,
+  adjacent to, or inside / containing. Disjoint organs may touch; they may not overlap;
+- **inside**: for each child placed with its parent, the fraction of the voxels it took that were its parent's
+  (audit) and the fraction of its outer surface that faces its parent (label map);
+- **anchors**: each placed organ's deviation from its expected position against its tolerance (per axis);
+  an organ outside its tolerance is a violation;
+- **presence, volume, skips, retries**: organ voxel counts, skipped organs and the reasons, rejected candidates.
+
+:func:`aggregate` turns per-sample metrics into a JSON-serialisable report with pass/fail ``checks``;
+:func:`plausibility_report` generates ``n`` samples with :class:`~synth_transforms.transforms.RandAnatomyLabel`
+(sample ``i`` seeded like :class:`~synth_transforms.dataset.SyntheticDataset` at epoch 0, so the labels are those
+that ``RandAnatomySynthd`` makes for the same seed) and reports on them; :func:`format_report` prints one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch.utils.data import DataLoader, Dataset
+
+from .bank import ShapeBank
+from .dataset import sample_seed
+from .placement import OrganPlacer, PlacementRecord
+from .topology import CODE_CARVE, CODE_DISJOINT, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
+from .transforms import RandAnatomyLabel
+
+__all__ = ["InsertAudit", "sample_metrics", "aggregate", "plausibility_report", "format_report", "contact_counts"]
+
+#: Relation names of the topology graph's codes, seen from the organ in the row (``code_table()[row, column]``).
+_CODE_NAMES = {CODE_DISJOINT: "disjoint", CODE_CARVE: "adjacent", CODE_OVERWRITE: "inside", CODE_KEEP: "contains"}
+#: Checks of the aggregated report: name -> what it counts (each must be 0).
+CHECKS = {
+    "disjoint_overlap_voxels": "voxels a new organ took from an organ it must be disjoint from",
+    "adjacent_overwrite_voxels": "voxels a new organ took from an adjacent organ instead of carving them",
+    "parent_over_child_voxels": "voxels a parent organ took from its inside child",
+    "children_below_min_inside": "children placed with less than min_inside_fraction of their voxels in the parent",
+    "organs_outside_tolerance": "placed organs farther from their anchor than the tolerance, on some axis",
+    "samples_with_invalid_ids": "patches holding values outside the class ids 0..num_classes-1 (or not integers)",
+    "samples_with_unrecorded_ids": "patches holding an organ that the placement record does not list",
+    "samples_with_voxel_mismatch": "patches whose recorded organ voxel counts differ from the label map",
+}
+_TOLERANCE_SLACK_MM = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- audit
+class InsertAudit:
+    """Records, for each organ an :class:`OrganPlacer` inserts, which labels the new organ took over.
+
+    Installed on one placer (it wraps the placer's candidate insertion), it compares the candidate's region of
+    the canvas before and after every accepted insertion. This checks the placement independently of the
+    placer's own bookkeeping. Call :meth:`reset` before each sample and :meth:`snapshot` after it.
+
+    Args:
+        placer: the placer to audit (its ``_try_insert`` is wrapped on this instance only).
+    """
+
+    def __init__(self, placer: OrganPlacer):
+        if not hasattr(placer, "_try_insert"):
+            raise TypeError("InsertAudit: the placer has no _try_insert step to audit (placement API changed?)")
+        self.num_classes = placer.bank.num_classes
+        self.taken = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.written: dict[int, int] = {}
+        placer._try_insert = _AuditedInsert(placer._try_insert, self)
+
+    def reset(self) -> None:
+        """Forget the insertions seen so far."""
+        self.taken[:] = 0
+        self.written = {}
+
+    def record(self, before: torch.Tensor, after: torch.Tensor, cls_id: int) -> None:
+        """Count what one accepted insertion of class ``cls_id`` changed in its region."""
+        changed = before != after
+        old = before[changed].long()
+        self.taken[cls_id] += torch.bincount(old, minlength=self.num_classes).numpy()
+        self.written[cls_id] = self.written.get(cls_id, 0) + int(old.numel())
+
+    def snapshot(self) -> dict:
+        """``{"taken": (C, C) array [new class, old class] of voxels, "written": {class id: voxels}}``."""
+        return {"taken": self.taken.copy(), "written": dict(self.written)}
+
+
+class _AuditedInsert:
+    """The placer's insertion step, followed by the audit of what an accepted insertion changed (picklable)."""
+
+    def __init__(self, insert, audit: InsertAudit):
+        self.insert, self.audit = insert, audit
+
+    def __call__(self, canvas: torch.Tensor, shape, warp, cls_id: int, parents: list[int]):
+        before = canvas[warp.region].clone()
+        reason, overlap = self.insert(canvas, shape, warp, cls_id, parents)
+        if reason is None:
+            self.audit.record(before, canvas[warp.region], cls_id)
+        return reason, overlap
+
+
+# ---------------------------------------------------------------------------------------------- one sample
+def contact_counts(label: torch.Tensor, codes: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
+    """Contacts between different labels across the 6-neighbour faces of a label map.
+
+    Args:
+        label: ``(H, W, D)`` integer label map with values in ``0..C-1``.
+        codes: ``(C, C)`` relation code table of the topology graph (``TopologyGraph.code_table()``).
+
+    Returns:
+        ``(voxels, faces)``: ``voxels[relation]`` counts organ voxels having a 6-neighbour of an organ they are
+        ``disjoint`` from, ``adjacent`` to, or ``inside`` / containing (``"inside"`` covers both directions);
+        ``faces`` is the ``(C, C)`` symmetric count of faces between each pair of labels (background included).
+    """
+    label = torch.as_tensor(label).long()
+    nc = codes.shape[0]
+    bits = np.where(codes > 0, np.left_shift(1, codes.astype(np.int64)), 0)  # relation code k -> bit k
+    bits[0, :] = 0  # background voxels touch nothing
+    bit_of = torch.from_numpy(bits.astype(np.uint8)).view(-1)
+    touch = torch.zeros(label.shape, dtype=torch.uint8)  # bit k set: touches an organ of relation code k
+    faces = torch.zeros(nc * nc, dtype=torch.int64)
+    for axis in range(3):
+        n = label.shape[axis]
+        if n < 2:
+            continue
+        a, b = label.narrow(axis, 0, n - 1), label.narrow(axis, 1, n - 1)
+        pair_ab, pair_ba = (a * nc + b).view(-1), (b * nc + a).view(-1)
+        faces += torch.bincount(pair_ab, minlength=nc * nc)
+        touch.narrow(axis, 0, n - 1).bitwise_or_(bit_of[pair_ab].view(a.shape))
+        touch.narrow(axis, 1, n - 1).bitwise_or_(bit_of[pair_ba].view(b.shape))
+    voxels = {
+        "disjoint": int((touch & (1 << CODE_DISJOINT)).count_nonzero()),
+        "adjacent": int((touch & (1 << CODE_CARVE)).count_nonzero()),
+        "inside": int((touch & ((1 << CODE_OVERWRITE) | (1 << CODE_KEEP))).count_nonzero()),
+    }
+    faces = faces.view(nc, nc).numpy()
+    np.fill_diagonal(faces, 0)  # a voxel facing its own label is no contact
+    return voxels, faces + faces.T
+
+
+def _check_label_values(label: torch.Tensor, record: PlacementRecord, organs: Sequence[str]) -> tuple[dict, np.ndarray]:
+    """Class-id checks of one patch; returns them and the voxel count of each valid class id."""
+    nc = len(organs) + 1
+    integer = not (torch.is_floating_point(label) or torch.is_complex(label))
+    ids = label.long()
+    bad = (ids < 0) | (ids >= nc)
+    if not integer:
+        bad |= label != ids
+    invalid = sorted(v.item() for v in torch.unique(label[bad])) if bad.any() else []
+    counts = torch.bincount(ids[~bad], minlength=nc)[:nc].numpy()
+    recorded = {p["class_id"]: p for p in record.placed}
+    present = [k for k in range(1, nc) if counts[k] > 0]
+    checks = {
+        "integer": bool(integer),
+        "invalid_ids": invalid,
+        "unrecorded_ids": [k for k in present if k not in recorded],
+        "voxel_mismatch": [p["organ"] for k, p in recorded.items() if "voxels" in p and p["voxels"] != counts[k]],
+    }
+    return checks, counts
+
+
+def _anchor_deviations(record: PlacementRecord) -> list[dict]:
+    """Deviation of each placed organ from its expected position, absolute and relative to its tolerance."""
+    out = []
+    for p in record.placed:
+        deviation = np.abs(np.asarray(p["position_mm"], float) - np.asarray(p["expected_mm"], float))
+        tolerance = np.asarray(p["tolerance_mm"], float)
+        ratio = float(np.max(deviation / np.maximum(tolerance, 1e-9)))
+        outside = bool(np.any(deviation > tolerance + _TOLERANCE_SLACK_MM))
+        out.append(
+            {"organ": p["organ"], "deviation_mm": float(np.linalg.norm(deviation)), "ratio": ratio, "outside": outside}
+        )
+    return out
+
+
+def _inside_metrics(record: PlacementRecord, graph: TopologyGraph, faces: np.ndarray, audit: Mapping | None) -> list:
+    """For each placed child whose parent is placed: fraction taken from the parent, enclosure by the parent."""
+    placed = {p["organ"]: p["class_id"] for p in record.placed}
+    out = []
+    for organ, cls_id in placed.items():
+        parents = [placed[p] for p in graph.parents(organ) if p in placed]
+        if not parents:
+            continue
+        fraction = None
+        if audit is not None and audit["written"].get(cls_id):
+            fraction = float(audit["taken"][cls_id, parents].sum() / audit["written"][cls_id])
+        surface = faces[cls_id].sum()
+        enclosure = float(faces[cls_id, parents].sum() / surface) if surface else None
+        out.append({"organ": organ, "fraction": fraction, "enclosure": enclosure})
+    return out
+
+
+def _audit_violations(audit: Mapping, codes: np.ndarray) -> dict[str, int]:
+    """Voxels taken over per relation of the new organ to the old one (``inside``: allowed, the rest: violations)."""
+    taken = np.asarray(audit["taken"])
+    taken_from_organs = taken[:, 1:]
+    code = codes[:, 1:]
+    return {
+        "disjoint": int(taken_from_organs[code == CODE_DISJOINT].sum()),
+        "adjacent": int(taken_from_organs[code == CODE_CARVE].sum()),
+        "contains": int(taken_from_organs[code == CODE_KEEP].sum()),
+        "inside": int(taken_from_organs[code == CODE_OVERWRITE].sum()),
+    }
+
+
+def sample_metrics(
+    label: torch.Tensor | np.ndarray,
+    record: PlacementRecord,
+    graph: TopologyGraph,
+    audit: Mapping | None = None,
+) -> dict:
+    """Plausibility metrics of one label patch (see the module docstring).
+
+    Args:
+        label: ``(H, W, D)`` or ``(1, H, W, D)`` label patch whose class ids are the graph's organs (``organs[i]``
+            has id ``i + 1``).
+        record: the :class:`PlacementRecord` that made it.
+        graph: the topology graph it was placed under.
+        audit: :meth:`InsertAudit.snapshot` of the placement, or None (overlap violations are then not measured).
+
+    Returns:
+        A JSON-serialisable dict: ``labels`` (id checks), ``voxels`` (organ -> voxels in the patch),
+        ``violations`` (audit: voxels taken per relation; None without audit), ``carved`` / ``overwritten``
+        (record), ``contact_voxels``, ``disjoint_contact_faces``, ``inside``, ``anchors``, ``skipped``,
+        ``unreachable``, ``retries``.
+    """
+    label = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)  # plain tensors: faster
+    if label.ndim == 4 and label.shape[0] == 1:
+        label = label[0]
+    if label.ndim != 3:
+        raise ValueError(f"sample_metrics: expected a (H, W, D) or (1, H, W, D) label, got {tuple(label.shape)}")
+    organs = graph.organs
+    nc = len(organs) + 1
+    codes = graph.code_table().astype(np.int64)
+    checks, counts = _check_label_values(label, record, organs)
+    clean = label.long()
+    if checks["invalid_ids"]:
+        clean = torch.where((clean >= 0) & (clean < nc), clean, torch.zeros_like(clean))
+    contact, faces = contact_counts(clean, codes)
+    disjoint_faces = {
+        f"{organs[a - 1]}|{organs[b - 1]}": int(faces[a, b])
+        for a in range(1, nc)
+        for b in range(a + 1, nc)
+        if faces[a, b] and codes[a, b] == CODE_DISJOINT
+    }
+    return {
+        "labels": checks,
+        "voxels": {organs[k - 1]: int(counts[k]) for k in range(1, nc) if counts[k] > 0},
+        "violations": _audit_violations(audit, codes) if audit is not None else None,
+        "carved": int(sum(p.get("carved", 0) for p in record.placed)),
+        "overwritten": int(sum(p.get("overwritten", 0) for p in record.placed)),
+        "contact_voxels": contact,
+        "disjoint_contact_faces": disjoint_faces,
+        "inside": _inside_metrics(record, graph, faces, audit),
+        "anchors": _anchor_deviations(record),
+        "placed": [p["organ"] for p in record.placed],
+        "skipped": [{"organ": s["organ"], "reason": str(s["reason"])} for s in record.skipped],
+        "unreachable": list(record.unreachable),
+        "retries": int(record.retries),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def _quartiles(values: Sequence[float]) -> dict | None:
+    if not len(values):
+        return None
+    q1, median, q3 = np.percentile(np.asarray(values, float), [25, 50, 75])
+    return {"median": round(float(median), 3), "q1": round(float(q1), 3), "q3": round(float(q3), 3)}
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without its sample-specific percentages, so equal causes count together."""
+    reason = re.sub(r"adjacent overlap \d+% > ", "adjacent overlap > ", reason)
+    return re.sub(r"only \d+% inside", "too little inside", reason)
+
+
+def _organ_table(samples: Sequence[dict], organs: Sequence[str], spacing: float) -> dict:
+    n = len(samples)
+    ml_per_voxel = spacing**3 / 1000.0
+    volumes, placed, skipped, unreachable = defaultdict(list), Counter(), Counter(), Counter()
+    reasons: dict[str, Counter] = defaultdict(Counter)
+    for s in samples:
+        for organ, voxels in s["voxels"].items():
+            volumes[organ].append(voxels * ml_per_voxel)
+        placed.update(s["placed"])
+        unreachable.update(s["unreachable"])
+        for sk in s["skipped"]:
+            skipped[sk["organ"]] += 1
+            reasons[sk["organ"]][_reason_kind(sk["reason"])] += 1
+    table = {}
+    for organ in organs:
+        attempted = placed[organ] + skipped[organ]
+        table[organ] = {
+            "presence_rate": round(len(volumes[organ]) / n, 4),
+            "volume_ml": _quartiles(volumes[organ]),
+            "placed": placed[organ],
+            "skipped": skipped[organ],
+            "unreachable": unreachable[organ],
+            "skip_rate": round(skipped[organ] / attempted, 4) if attempted else None,
+            "skip_reasons": dict(reasons[organ].most_common()),
+        }
+    return table
+
+
+def _anchor_summary(samples: Sequence[dict], organs: Sequence[str]) -> dict:
+    per_organ = defaultdict(list)
+    for s in samples:
+        for a in s["anchors"]:
+            per_organ[a["organ"]].append(a)
+    ratios = [a["ratio"] for rows in per_organ.values() for a in rows]
+    deviations = [a["deviation_mm"] for rows in per_organ.values() for a in rows]
+    return {
+        "placements": len(ratios),
+        "outside_tolerance": sum(a["outside"] for rows in per_organ.values() for a in rows),
+        "max_ratio": round(max(ratios), 4) if ratios else None,
+        "median_deviation_mm": round(float(np.median(deviations)), 3) if deviations else None,
+        "per_organ": {
+            o: {
+                "median_deviation_mm": round(float(np.median([a["deviation_mm"] for a in per_organ[o]])), 3),
+                "max_ratio": round(max(a["ratio"] for a in per_organ[o]), 4),
+                "outside_tolerance": sum(a["outside"] for a in per_organ[o]),
+            }
+            for o in organs
+            if per_organ[o]
+        },
+    }
+
+
+def _contact_summary(samples: Sequence[dict]) -> dict:
+    out = {}
+    for relation in ("disjoint", "adjacent", "inside"):
+        voxels = [s["contact_voxels"][relation] for s in samples]
+        out[relation] = {"voxels_total": int(sum(voxels)), "samples_with_contact": int(sum(v > 0 for v in voxels))}
+    pairs = Counter()
+    for s in samples:
+        pairs.update(s["disjoint_contact_faces"])
+    out["disjoint"]["top_pairs_faces"] = dict(pairs.most_common(10))
+    return out
+
+
+def _inside_summary(samples: Sequence[dict], min_inside_fraction: float | None) -> tuple[dict, int]:
+    rows = defaultdict(list)
+    for s in samples:
+        for row in s["inside"]:
+            rows[row["organ"]].append(row)
+    below = 0
+    summary = {}
+    for organ, entries in rows.items():
+        fractions = [r["fraction"] for r in entries if r["fraction"] is not None]
+        enclosures = [r["enclosure"] for r in entries if r["enclosure"] is not None]
+        if min_inside_fraction is not None:
+            below += sum(f < min_inside_fraction - 1e-9 for f in fractions)
+        summary[organ] = {
+            "placed_with_parent": len(entries),
+            "fraction_min": round(min(fractions), 4) if fractions else None,
+            "fraction_median": round(float(np.median(fractions)), 4) if fractions else None,
+            "enclosure_median": round(float(np.median(enclosures)), 4) if enclosures else None,
+        }
+    return summary, below
+
+
+def aggregate(
+    samples: Sequence[dict],
+    organs: Sequence[str],
+    spacing: float,
+    min_inside_fraction: float | None = None,
+) -> dict:
+    """Aggregate :func:`sample_metrics` results of many patches into a JSON-serialisable report.
+
+    Args:
+        samples: per-sample metrics.
+        organs: the bank's organs (class ids 1..n).
+        spacing: voxel size in mm (for volumes).
+        min_inside_fraction: the placer's threshold; children below it are counted as violations.
+
+    Returns:
+        ``{"samples", "num_classes", "checks": {name: {"value", "ok", "what"}}, "ok", "overlap", "contact",
+        "inside", "anchors", "retries", "organs_per_sample", "organs": {organ: presence, volume, skips}}``.
+    """
+    if not samples:
+        raise ValueError("aggregate: no samples to report on")
+    audited = all(s["violations"] is not None for s in samples)
+    violations = Counter()
+    for s in samples:
+        violations.update(s["violations"] or {})
+    inside, below = _inside_summary(samples, min_inside_fraction)
+    anchors = _anchor_summary(samples, organs)
+    values = {
+        "disjoint_overlap_voxels": violations["disjoint"] if audited else None,
+        "adjacent_overwrite_voxels": violations["adjacent"] if audited else None,
+        "parent_over_child_voxels": violations["contains"] if audited else None,
+        "children_below_min_inside": below if audited and min_inside_fraction is not None else None,
+        "organs_outside_tolerance": anchors["outside_tolerance"],
+        "samples_with_invalid_ids": sum(
+            bool(s["labels"]["invalid_ids"] or not s["labels"]["integer"]) for s in samples
+        ),
+        "samples_with_unrecorded_ids": sum(bool(s["labels"]["unrecorded_ids"]) for s in samples),
+        "samples_with_voxel_mismatch": sum(bool(s["labels"]["voxel_mismatch"]) for s in samples),
+    }
+    checks = {k: {"value": v, "ok": v is None or v == 0, "what": CHECKS[k]} for k, v in values.items()}
+    retries = [s["retries"] for s in samples]
+    placed_counts = [len(s["voxels"]) for s in samples]
+    return {
+        "samples": len(samples),
+        "num_classes": len(organs) + 1,
+        "spacing": float(spacing),
+        "ok": all(c["ok"] for c in checks.values()),
+        "checks": checks,
+        "invalid_ids": sorted({v for s in samples for v in s["labels"]["invalid_ids"]}),
+        "overlap": {
+            "adjacent_carved_voxels": int(sum(s["carved"] for s in samples)),
+            "inside_overwritten_voxels": int(sum(s["overwritten"] for s in samples)),
+            "audited": audited,
+        },
+        "contact": _contact_summary(samples),
+        "inside": inside,
+        "anchors": anchors,
+        "retries": {
+            "total": int(sum(retries)),
+            "mean_per_sample": round(float(np.mean(retries)), 3),
+            "max_per_sample": int(max(retries)),
+        },
+        "organs_per_sample": {
+            "median": float(np.median(placed_counts)),
+            "min": int(min(placed_counts)),
+            "max": int(max(placed_counts)),
+        },
+        "organs": _organ_table(samples, organs, spacing),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def _label_maker(source):
+    """The :class:`RandAnatomyLabel` inside ``source`` (the transform itself, a dict form or a synth composite)."""
+    inner = source
+    for attribute in ("maker", "label_maker"):
+        inner = getattr(inner, attribute, inner)
+    if not isinstance(inner, RandAnatomyLabel):
+        raise TypeError(
+            "plausibility_report: expected a shape bank, a bank path, None or an anatomy transform "
+            f"(RandAnatomyLabel, RandAnatomyLabeld, RandAnatomySynth, RandAnatomySynthd), got {type(source).__name__}"
+        )
+    return inner
+
+
+class _AuditedSamples(Dataset):
+    """Sample ``i``: the label maker seeded from ``(seed, 0, i)``, audited and measured; returns the metrics."""
+
+    def __init__(self, label_maker, seed: int, n: int):
+        self.label_maker = copy.deepcopy(label_maker)  # the audit wraps the copy's placer, never the caller's
+        self.audit = InsertAudit(self.label_maker.placer)
+        self.seed, self.n = int(seed), int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        self.label_maker.set_random_state(seed=sample_seed(self.seed, 0, index))
+        self.audit.reset()
+        label = self.label_maker()
+        return sample_metrics(label, self.label_maker.last_record, self.label_maker.placer.graph, self.audit.snapshot())
+
+
+def _keep(item):
+    return item
+
+
+def plausibility_report(
+    source: RandAnatomyLabel | ShapeBank | str | os.PathLike | None = None,
+    n: int = 1000,
+    seed: int = 0,
+    patch_size: Sequence[int] | int = 96,
+    workers: int = 0,
+    progress: bool = False,
+    **label_kwargs,
+) -> dict:
+    """Generate ``n`` anatomy label patches and report how plausible they are (see :func:`aggregate`).
+
+    Args:
+        source: a :class:`ShapeBank`, a bank file, None (default bank), or an anatomy transform
+            (``RandAnatomyLabel``, ``RandAnatomyLabeld``, ``RandAnatomySynth``, ``RandAnatomySynthd``; its own
+            patch size and options are used and ``patch_size`` / ``label_kwargs`` are ignored).
+        n: number of patches.
+        seed: base seed; patch ``i`` is seeded from ``(seed, 0, i)`` as in ``SyntheticDataset``.
+        patch_size: patch size in voxels (int or 3 ints) when ``source`` is a bank.
+        workers: DataLoader worker processes (0: in this process).
+        progress: show a tqdm progress bar.
+        label_kwargs: further :class:`RandAnatomyLabel` options (``organs``, ``topology``, ``jitter_scale`` ...).
+
+    Returns:
+        The aggregated report plus ``settings`` (n, seed, patch size, organs, placer options).
+    """
+    if int(n) < 1:
+        raise ValueError(f"plausibility_report: n must be >= 1, got {n}")
+    if source is None or isinstance(source, (ShapeBank, str, os.PathLike)):
+        size = (int(patch_size),) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(patch_size)
+        maker = RandAnatomyLabel(source, patch_size=size, **label_kwargs)
+    else:
+        maker = _label_maker(source)
+    placer = maker.placer
+    loader = DataLoader(_AuditedSamples(maker, seed, n), batch_size=None, num_workers=int(workers), collate_fn=_keep)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, total=int(n), desc="validate", unit="patch")
+    samples = list(loader)
+    report = aggregate(samples, placer.bank.organs, placer.bank.spacing, placer.min_inside_fraction)
+    report["settings"] = {
+        "n": int(n),
+        "seed": int(seed),
+        "patch_size": list(placer.patch_size),
+        "placement_order": list(placer.order),
+        "jitter_scale": placer.jitter_scale,
+        "max_tries": placer.max_tries,
+        "max_carve_fraction": placer.max_carve_fraction,
+        "min_inside_fraction": placer.min_inside_fraction,
+    }
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- text
+def _fmt_volume(volume: dict | None) -> str:
+    if volume is None:
+        return "-"
+    return f"{volume['median']:.1f} ({volume['q1']:.1f}-{volume['q3']:.1f})"
+
+
+def format_report(report: Mapping) -> str:
+    """A readable text form of a :func:`plausibility_report` / :func:`aggregate` report."""
+    settings = report.get("settings", {})
+    size = "x".join(str(s) for s in settings.get("patch_size", [])) or "?"
+    lines = [
+        f"Plausibility of {report['samples']} anatomy patches ({size} voxels at {report['spacing']:g} mm, "
+        f"seed {settings.get('seed', '?')}, {report['num_classes']} classes): {'PASS' if report['ok'] else 'FAIL'}",
+        "checks (each must be 0):",
+    ]
+    for name, check in report["checks"].items():
+        value = "n/a" if check["value"] is None else check["value"]
+        lines.append(f"  {'ok  ' if check['ok'] else 'FAIL'} {name:30s} {value!s:>8}   {check['what']}")
+    overlap, contact, anchors, retries = report["overlap"], report["contact"], report["anchors"], report["retries"]
+    lines += [
+        f"allowed overlaps: adjacent voxels carved {overlap['adjacent_carved_voxels']}, "
+        f"parent voxels covered by inside children {overlap['inside_overwritten_voxels']}",
+        "contact in the label map (voxels with a 6-neighbour of that relation; information): "
+        + ", ".join(
+            f"{r} {contact[r]['voxels_total']} in {contact[r]['samples_with_contact']} patches"
+            for r in ("disjoint", "adjacent", "inside")
+        ),
+    ]
+    if contact["disjoint"]["top_pairs_faces"]:
+        pairs = ", ".join(f"{k} {v}" for k, v in list(contact["disjoint"]["top_pairs_faces"].items())[:5])
+        lines.append(f"  most touching disjoint pairs (faces): {pairs}")
+    for organ, row in report["inside"].items():
+        lines.append(
+            f"  inside: {organ} placed with its parent {row['placed_with_parent']} times, fraction taken from the "
+            f"parent min {row['fraction_min']} median {row['fraction_median']}, enclosure median "
+            f"{row['enclosure_median']}"
+        )
+    lines += [
+        f"anchors: {anchors['placements']} placements, max deviation/tolerance {anchors['max_ratio']}, "
+        f"median deviation {anchors['median_deviation_mm']} mm",
+        f"retries: {retries['total']} rejected candidates, {retries['mean_per_sample']} per patch "
+        f"(max {retries['max_per_sample']})",
+        "organs per patch: median {median:g}, min {min}, max {max}".format(**report["organs_per_sample"]),
+        f"  {'organ':30s} {'present':>7s} {'volume ml, median (IQR)':>26s} {'placed':>6s} {'skipped':>7s} "
+        f"{'skip%':>6s} {'unreach':>7s}  main skip reason",
+    ]
+    for organ, row in report["organs"].items():
+        skip = "-" if row["skip_rate"] is None else f"{100 * row['skip_rate']:.1f}"
+        reason = next(iter(row["skip_reasons"]), "")
+        lines.append(
+            f"  {organ:30s} {100 * row['presence_rate']:6.1f}% {_fmt_volume(row['volume_ml']):>26s} "
+            f"{row['placed']:6d} {row['skipped']:7d} {skip:>6s} {row['unreachable']:7d}  {reason}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,326 @@
+"""Tests of sequential, topology-checked placement (synth_transforms.placement)."""
+
+import json
+
+import _synthetic_labels as syn
+import numpy as np
+import pytest
+import torch
+
+from synth_transforms import ADJACENT, DISJOINT, INSIDE, AnchorModel, OrganPlacer, TopologyGraph, load_bank
+
+PATCH = (64, 64, 64)
+#: Rigid placement: no scale, rotation or deformation, so a placed organ is an exact voxel copy of a bank shape.
+RIGID = {"scale_range": (1.0, 1.0), "rotation_deg": 0.0, "deform_mm": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One thread, as in a DataLoader worker (small tensor ops only lose to thread hand-offs on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return load_bank()
+
+
+@pytest.fixture(scope="module")
+def anchors(bank):
+    return AnchorModel.from_bank(bank)
+
+
+@pytest.fixture(scope="module")
+def graph(bank):
+    return TopologyGraph.from_bank(bank)
+
+
+@pytest.fixture(scope="module")
+def placer(bank, anchors, graph):
+    return OrganPlacer(bank, anchors, graph, patch_size=PATCH)
+
+
+@pytest.fixture(scope="module")
+def toy_bank(tmp_path_factory):
+    return syn.build_bank(tmp_path_factory.mktemp("synthetic"))[0]
+
+
+def _center(anchors, bank, organ):
+    return anchors.mean_mm[bank.class_id(organ) - 1]
+
+
+def _toy_center(bank):
+    return AnchorModel.from_bank(bank).mean_mm.mean(axis=0)
+
+
+def _crop(mask: np.ndarray) -> np.ndarray:
+    nonzero = np.argwhere(mask)
+    lo, hi = nonzero.min(axis=0), nonzero.max(axis=0) + 1
+    return mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return any(mask.take(0, axis=a).any() or mask.take(-1, axis=a).any() for a in range(3))
+
+
+# ------------------------------------------------------------------------------------------ topology, from outside
+
+
+def test_disjoint_organs_never_overlap(toy_bank):
+    """Everything disjoint and rigid: each placed organ must be an intact copy of a bank shape.
+
+    Had a candidate been allowed onto an organ already placed, one of the two would have lost voxels to the other
+    (carved or overwritten), which shows as a shape that no longer matches any bank crop.
+    """
+    graph = TopologyGraph(toy_bank.organs)  # every pair disjoint
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, **RIGID)
+    center = _toy_center(toy_bank)
+    skipped = 0
+    for seed in range(12):
+        label, record = placer(np.random.RandomState(seed), center)
+        label = label.numpy()
+        for p in record.placed:
+            mask = label == p["class_id"]
+            assert mask.sum() == p["voxels"] > 0 and not _touches_border(mask)
+            copies = [s.mask for s in toy_bank.shapes[p["organ"]]]
+            crop = _crop(mask)
+            assert any(c.shape == crop.shape and np.array_equal(c, crop) for c in copies), (seed, p["organ"])
+            assert p["carved"] == p["overwritten"] == 0
+        placed = {p["organ"] for p in record.placed}
+        for s in record.skipped:
+            assert s["tries"] == placer.max_tries and not (label == toy_bank.class_id(s["organ"])).any()
+            hit = s["reason"].removeprefix("disjoint overlap with ")
+            assert hit != s["reason"] and set(hit.split(", ")) <= placed, s
+        skipped += len(record.skipped)
+    assert skipped > 0  # the jitter made organs collide, so the check was exercised
+
+
+def test_children_stay_inside_their_parents(toy_bank):
+    """core inside capsule, rigid: the capsule is a box, so where the core landed can be measured against it."""
+    graph = TopologyGraph.from_bank(toy_bank)
+    assert graph.relation("core", "capsule") == INSIDE
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.5, donor_prob=0.0, **RIGID)
+    center = _toy_center(toy_bank)
+    core, capsule = toy_bank.class_id("core"), toy_bank.class_id("capsule")
+    placed_both = 0
+    for seed in range(16):
+        label, record = placer(np.random.RandomState(seed), center)
+        label = label.numpy()
+        names = [p["organ"] for p in record.placed]
+        if "core" not in names:
+            continue
+        assert "capsule" in names and names.index("capsule") < names.index("core")
+        placed_both += 1
+        box = np.argwhere(label == capsule)
+        lo, hi = box.min(axis=0), box.max(axis=0)
+        core_voxels = np.argwhere(label == core)
+        within = np.all((core_voxels >= lo) & (core_voxels <= hi), axis=1).mean()
+        assert within >= placer.min_inside_fraction, (seed, within)
+        core_record = record.placed[names.index("core")]
+        assert core_record["overwritten"] >= placer.min_inside_fraction * core_record["voxels"]
+    assert placed_both >= 8
+
+
+@pytest.mark.parametrize("organ", ["liver", "kidney_left", "urinary_bladder"])
+def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ, monkeypatch):
+    """Spy on each insertion and check it against the graph's relations (not the placer's code table)."""
+    graph = TopologyGraph(bank.organs, graph.edges()).set("portal_vein_and_splenic_vein", INSIDE, "liver")
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, jitter_scale=1.0)
+    relation = {
+        (a, b): graph.relation(bank.organs[a - 1], bank.organs[b - 1])
+        for a in range(1, bank.num_classes)
+        for b in range(1, bank.num_classes)
+        if a != b
+    }
+    events = []
+    original = OrganPlacer._try_insert
+
+    def spy(self, canvas, shape, warp, cls_id, parents):
+        before = canvas.clone()
+        candidate = self._sample(shape, warp)
+        result = original(self, canvas, shape, warp, cls_id, parents)
+        events.append((before, canvas.clone(), warp.region, candidate, cls_id, parents, result[0]))
+        return result
+
+    monkeypatch.setattr(OrganPlacer, "_try_insert", spy)
+    for seed in range(5):
+        placer(np.random.RandomState(seed), _center(anchors, bank, organ))
+    accepted = inside_checked = 0
+    for before, after, region, candidate, cls_id, parents, reason in events:
+        if reason is not None:
+            assert torch.equal(before, after)  # a rejected candidate leaves no trace
+            continue
+        accepted += 1
+        under = before[region][candidate].numpy()
+        others = under[under != 0]
+        assert all(relation[cls_id, o] != DISJOINT for o in np.unique(others))
+        kept = [o != 0 and relation[cls_id, o] != INSIDE for o in under]
+        assert sum(kept) <= placer.max_carve_fraction * len(under)
+        expected = np.where(kept, under, cls_id)
+        assert np.array_equal(after[region][candidate].numpy(), expected)
+        outside = torch.ones_like(after, dtype=torch.bool)
+        outside[region] = ~candidate
+        assert torch.equal(after[outside], before[outside])
+        if parents:
+            inside_checked += 1
+            assert np.isin(under, parents).mean() >= placer.min_inside_fraction
+    assert accepted > 10
+    if organ == "liver":
+        assert inside_checked > 0
+
+
+# ------------------------------------------------------------------------------------------ records and label map
+
+
+def test_record_partitions_the_organs_and_matches_the_label(bank, anchors, placer):
+    for seed, organ in enumerate(["liver", "urinary_bladder", "heart", "kidney_right"]):
+        label, record = placer(np.random.RandomState(seed), _center(anchors, bank, organ))
+        assert label.shape == PATCH and label.dtype == torch.uint8
+        placed = [p["organ"] for p in record.placed]
+        skipped = [s["organ"] for s in record.skipped]
+        assert sorted(placed + skipped + record.unreachable) == sorted(placer.order)
+        counts = np.bincount(label.numpy().ravel(), minlength=bank.num_classes)
+        for p in record.placed:
+            assert p["class_id"] == bank.class_id(p["organ"]) and counts[p["class_id"]] == p["voxels"]
+            assert np.all(np.abs(p["position_mm"] - p["expected_mm"]) <= p["tolerance_mm"] + 1e-9)
+            assert 1 <= p["tries"] <= placer.max_tries and p["subject"] in bank.subjects
+        for gone in skipped + record.unreachable:
+            assert counts[bank.class_id(gone)] == 0, gone
+        for s in record.skipped:
+            assert s["reason"] and s["tries"] == placer.max_tries
+        assert record.retries == sum(p["tries"] - 1 for p in record.placed) + sum(s["tries"] for s in record.skipped)
+        assert record.donor in bank.subjects
+        patch_centre = record.origin_mm + (np.array(PATCH) - 1) / 2 * bank.spacing
+        np.testing.assert_allclose(patch_centre, _center(anchors, bank, organ))
+        json.dumps(record.to_dict())
+
+
+def test_unreachable_organs_are_absent(bank, anchors, placer):
+    label, record = placer(np.random.RandomState(0), _center(anchors, bank, "urinary_bladder"))
+    assert {"heart", "lung_left", "lung_right", "esophagus"} <= set(record.unreachable)
+    present = set(np.unique(label.numpy()).tolist())
+    assert not present & {bank.class_id(o) for o in record.unreachable}
+    assert "urinary_bladder" not in record.unreachable
+    assert present - {0} <= {p["class_id"] for p in record.placed}
+    far = placer(np.random.RandomState(0), np.full(3, 1e4))[1]
+    assert sorted(far.unreachable) == sorted(placer.order) and not far.placed
+
+
+def test_skipped_organs_are_recorded_and_absent(bank, anchors):
+    # strict graph, one try each: colliding organs are given up at once
+    placer = OrganPlacer(bank, anchors, TopologyGraph(bank.organs), patch_size=PATCH, max_tries=1)
+    skipped = 0
+    for seed in range(4):
+        label, record = placer(np.random.RandomState(seed), _center(anchors, bank, "liver"))
+        present = set(np.unique(label.numpy()).tolist())
+        for s in record.skipped:
+            assert s["tries"] == 1 and s["reason"].startswith("disjoint overlap with ")
+            assert bank.class_id(s["organ"]) not in present
+        skipped += len(record.skipped)
+    assert skipped > 0
+
+
+def test_zero_jitter_places_at_the_anchor(bank, anchors):
+    placer = OrganPlacer(bank, anchors, patch_size=PATCH, jitter_scale=0.0, donor_prob=1.0, **RIGID)
+    _, record = placer(np.random.RandomState(0), _center(anchors, bank, "liver"))
+    assert record.placed
+    for p in record.placed:
+        np.testing.assert_array_equal(p["position_mm"], p["expected_mm"])
+        np.testing.assert_array_equal(p["tolerance_mm"], 0.0)
+
+
+# ------------------------------------------------------------------------------------------------------ randomness
+
+
+def test_same_seed_same_label(bank, anchors, placer):
+    center = _center(anchors, bank, "pancreas")
+    a, record_a = placer(np.random.RandomState(5), center)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    b, record_b = placer(np.random.RandomState(5), center)
+    np.random.seed(2)
+    torch.manual_seed(2)
+    c, _ = placer(np.random.RandomState(6), center)
+    assert torch.equal(a, b) and json.dumps(record_a.to_dict()) == json.dumps(record_b.to_dict())
+    assert not torch.equal(a, c)
+
+
+def test_global_generators_untouched(bank, anchors, placer):
+    np.random.seed(3)
+    torch.manual_seed(3)
+    numpy_state, torch_state = np.random.get_state(), torch.get_rng_state()
+    placer(np.random.RandomState(0), _center(anchors, bank, "liver"))
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])
+    assert torch.equal(torch.get_rng_state(), torch_state)
+
+
+# ------------------------------------------------------------------------------------------------------- arguments
+
+
+def test_organ_subset(bank, anchors):
+    organs = ["kidney_left", "liver", "spleen", "kidney_right"]
+    placer = OrganPlacer(bank, anchors, patch_size=PATCH, organs=organs)
+    assert sorted(placer.order) == sorted(organs) and placer.order[0] == "liver"  # largest first
+    allowed = {0} | {bank.class_id(o) for o in organs}  # class ids stay the bank's
+    for seed in range(3):
+        label, record = placer(np.random.RandomState(seed), _center(anchors, bank, "kidney_left"))
+        assert set(np.unique(label.numpy()).tolist()) <= allowed
+        assert {p["organ"] for p in record.placed} <= set(organs)
+        assert any(p["organ"] == "kidney_left" for p in record.placed)
+
+
+def test_non_cubic_patch(bank, anchors):
+    placer = OrganPlacer(bank, anchors, patch_size=(48, 32, 40))
+    label, record = placer(np.random.RandomState(0), _center(anchors, bank, "liver"))
+    assert label.shape == (48, 32, 40) and record.placed
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"patch_size": (0, 64, 64)},
+        {"patch_size": (64, 64)},
+        {"patch_size": (64, 64, 600)},
+        {"patch_size": (64.0, 64, 64)},
+        {"scale_range": (0.0, 1.0)},
+        {"scale_range": (1.2, 1.0)},
+        {"jitter_scale": -0.1},
+        {"rotation_deg": -1.0},
+        {"deform_mm": -1.0},
+        {"max_tries": 0},
+        {"max_carve_fraction": 1.5},
+        {"min_inside_fraction": -0.1},
+        {"donor_prob": 2.0},
+        {"organs": []},
+    ],
+    ids=lambda kw: next(iter(kw)),
+)
+def test_bad_arguments(bank, anchors, graph, kwargs):
+    with pytest.raises(ValueError):
+        OrganPlacer(bank, anchors, graph, **kwargs)
+
+
+def test_mismatched_models(bank, anchors, graph, toy_bank):
+    with pytest.raises(ValueError, match="class order"):
+        OrganPlacer(bank, anchors, TopologyGraph(bank.organs[::-1]))
+    with pytest.raises(ValueError, match="class order"):
+        OrganPlacer(bank, AnchorModel.from_bank(toy_bank), graph)
+    with pytest.raises(KeyError, match="appendix"):
+        OrganPlacer(bank, anchors, graph, organs=["liver", "appendix"])
+
+
+def test_adjacent_default_graph_carves_instead_of_rejecting(toy_bank):
+    graph = TopologyGraph(toy_bank.organs, default=ADJACENT)
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, max_tries=1, **RIGID)
+    carved = 0
+    for seed in range(8):
+        _, record = placer(np.random.RandomState(seed), _toy_center(toy_bank))
+        for s in record.skipped:
+            assert s["reason"].startswith("adjacent overlap")
+        for p in record.placed:
+            assert p["carved"] <= placer.max_carve_fraction * (p["voxels"] + p["carved"])
+            carved += p["carved"]
+    assert carved > 0
