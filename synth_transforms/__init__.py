@@ -8,7 +8,7 @@ placement), :func:`render_label` (contour-shell rendering), the MONAI transforms
 
 from .anchors import DEFAULT_RELATIVE_ANCHORS, AnchorModel
 from .bank import DEFAULT_BANK_PATH, DEFAULT_MIRROR_PAIRS, DEFAULT_ORGANS, OrganShape, ShapeBank, load_bank
-from .checks import CheckLabelClasses, CheckLabelClassesd, CheckLabelClassesD, CheckLabelClassesDict
+from .checks import CheckLabelClasses, CheckLabelClassesD, CheckLabelClassesd, CheckLabelClassesDict
 from .datalists import load_decathlon_split
 from .dataset import SyntheticDataset, sample_seed
 from .placement import OrganPlacer, PlacementRecord
@@ -18,25 +18,77 @@ from .render import RENDER_MODES, contour_shell, render_label
 from .topology import ADJACENT, DISJOINT, INSIDE, RELATIONS, TopologyGraph
 from .transforms import (
     RandAnatomyLabel,
-    RandAnatomyLabeld,
     RandAnatomyLabelD,
+    RandAnatomyLabeld,
     RandAnatomyLabelDict,
     RandAnatomySynth,
-    RandAnatomySynthd,
     RandAnatomySynthD,
+    RandAnatomySynthd,
     RandAnatomySynthDict,
     RandPrimitiveLabel,
-    RandPrimitiveLabeld,
     RandPrimitiveLabelD,
+    RandPrimitiveLabeld,
     RandPrimitiveLabelDict,
     RandPrimitiveSynth,
-    RandPrimitiveSynthd,
     RandPrimitiveSynthD,
+    RandPrimitiveSynthd,
     RandPrimitiveSynthDict,
     RandShellRender,
-    RandShellRenderd,
     RandShellRenderD,
+    RandShellRenderd,
     RandShellRenderDict,
 )
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_RELATIVE_ANCHORS",
+    "AnchorModel",
+    "DEFAULT_BANK_PATH",
+    "DEFAULT_MIRROR_PAIRS",
+    "DEFAULT_ORGANS",
+    "OrganShape",
+    "ShapeBank",
+    "load_bank",
+    "CheckLabelClasses",
+    "CheckLabelClassesd",
+    "CheckLabelClassesD",
+    "CheckLabelClassesDict",
+    "load_decathlon_split",
+    "SyntheticDataset",
+    "sample_seed",
+    "OrganPlacer",
+    "PlacementRecord",
+    "load_pretrained",
+    "NUM_PRIMITIVE_CLASSES",
+    "PRIMITIVE_CLASSES",
+    "primitive_label_map",
+    "RENDER_MODES",
+    "contour_shell",
+    "render_label",
+    "ADJACENT",
+    "DISJOINT",
+    "INSIDE",
+    "RELATIONS",
+    "TopologyGraph",
+    "RandAnatomyLabel",
+    "RandAnatomyLabeld",
+    "RandAnatomyLabelD",
+    "RandAnatomyLabelDict",
+    "RandAnatomySynth",
+    "RandAnatomySynthd",
+    "RandAnatomySynthD",
+    "RandAnatomySynthDict",
+    "RandPrimitiveLabel",
+    "RandPrimitiveLabeld",
+    "RandPrimitiveLabelD",
+    "RandPrimitiveLabelDict",
+    "RandPrimitiveSynth",
+    "RandPrimitiveSynthd",
+    "RandPrimitiveSynthD",
+    "RandPrimitiveSynthDict",
+    "RandShellRender",
+    "RandShellRenderd",
+    "RandShellRenderD",
+    "RandShellRenderDict",
+]

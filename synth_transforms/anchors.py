@@ -129,17 +129,18 @@ class AnchorModel:
         Relative anchors: the parent's placed position (or, if the parent was not placed, the parent's anchor)
         plus the child's offset (``subject``'s own offset when both are measured there, else the mean offset).
         """
-        own = self._subject_position(index, subject)
+        own = self.subject_position(index, subject)
         p = int(self.parent[index])
         if p < 0:
             return own if own is not None else self.mean_mm[index]
         base = placed[p] if placed is not None and p in placed else self.expected_position(p, placed, subject)
-        parent_own = self._subject_position(p, subject)
+        parent_own = self.subject_position(p, subject)
         if own is not None and parent_own is not None:
             return base + (own - parent_own)
         return base + self.offset_mean_mm[index]
 
-    def _subject_position(self, index: int, subject: str | None) -> np.ndarray | None:
+    def subject_position(self, index: int, subject: str | None) -> np.ndarray | None:
+        """Where ``subject`` has organ ``index`` in the frame, or None when unknown."""
         if subject is None or not self.subject_positions_mm or subject not in self.subject_positions_mm:
             return None
         pos = self.subject_positions_mm[subject][index]

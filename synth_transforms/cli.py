@@ -589,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import fire
 
     try:
-        fire.Fire(SynthTransformsCLI, command=list(argv) if argv is not None else None, name="synth-transforms")
+        fire.Fire(SynthTransformsCLI(), command=list(argv) if argv is not None else None, name="synth-transforms")
     except (ValueError, FileNotFoundError, KeyError) as error:
         print(f"error: {_message(error)}", file=sys.stderr)
         sys.exit(2)

@@ -436,6 +436,7 @@ def aggregate(
             "median": float(np.median(placed_counts)),
             "min": int(min(placed_counts)),
             "max": int(max(placed_counts)),
+            "empty_patches": int(sum(c == 0 for c in placed_counts)),
         },
         "organs": _organ_table(samples, organs, spacing),
     }
@@ -573,7 +574,9 @@ def format_report(report: Mapping) -> str:
         f"median deviation {anchors['median_deviation_mm']} mm",
         f"retries: {retries['total']} rejected candidates, {retries['mean_per_sample']} per patch "
         f"(max {retries['max_per_sample']})",
-        "organs per patch: median {median:g}, min {min}, max {max}".format(**report["organs_per_sample"]),
+        "organs per patch: median {median:g}, min {min}, max {max}; patches without any organ: {empty_patches}".format(
+            **report["organs_per_sample"]
+        ),
         f"  {'organ':30s} {'present':>7s} {'volume ml, median (IQR)':>26s} {'placed':>6s} {'skipped':>7s} "
         f"{'skip%':>6s} {'unreach':>7s}  main skip reason",
     ]

@@ -172,8 +172,12 @@ class OrganPlacer:
         """Patch extent in mm."""
         return np.asarray(self.patch_size) * self.bank.spacing
 
-    def __call__(self, rng: np.random.RandomState, center_mm: Sequence[float]) -> tuple[torch.Tensor, PlacementRecord]:
+    def __call__(
+        self, rng: np.random.RandomState, center_mm: Sequence[float], donor: str | None = None
+    ) -> tuple[torch.Tensor, PlacementRecord]:
         """Place organs into a patch centred at ``center_mm`` (frame coordinates).
+
+        ``donor`` is the subject whose layout the patch follows (drawn from ``rng`` when None).
 
         Returns:
             ``(label, record)``: a ``(H, W, D)`` ``torch.uint8`` label patch (class ids of the bank) and the
@@ -185,7 +189,10 @@ class OrganPlacer:
         record = PlacementRecord(origin, spacing)
         placed_pos: dict[int, np.ndarray] = {}
         placed_ids: set[int] = set()
-        donor = self.bank.subjects[rng.randint(len(self.bank.subjects))]
+        if donor is None:
+            donor = self.bank.subjects[rng.randint(len(self.bank.subjects))]
+        elif donor not in self.bank.subjects:
+            raise KeyError(f"donor subject {donor!r} is not in the shape bank; it has: {', '.join(self.bank.subjects)}")
         record.donor = donor
         for organ in self.order:
             cls_id = self.bank.class_id(organ)

@@ -74,8 +74,9 @@ def _to_meta(array: torch.Tensor, affine: torch.Tensor, dtype: torch.dtype) -> M
 class RandAnatomyLabel(RandomizableTransform):
     """Make a label patch by sequential, topology-checked placement of shape-bank organs at their anchors.
 
-    Each call picks a patch centre (the anchor of a random organ of ``center_organs`` plus uniform jitter of up
-    to a quarter of the patch), then places organs with :class:`~synth_transforms.placement.OrganPlacer`.
+    Each call draws a donor subject and a patch centre (where the donor has a random organ of ``center_organs``,
+    plus uniform jitter of up to a quarter of the patch), then places organs with
+    :class:`~synth_transforms.placement.OrganPlacer` following the donor's layout.
     The record of the last call (placed, retried, skipped organs) is kept in ``self.last_record``.
 
     Args:
@@ -117,6 +118,7 @@ class RandAnatomyLabel(RandomizableTransform):
         ]
         self.last_record: PlacementRecord | None = None
         self._center: np.ndarray | None = None
+        self._donor: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -124,7 +126,12 @@ class RandAnatomyLabel(RandomizableTransform):
         return self.bank.num_classes
 
     def randomize(self, data=None) -> None:
-        anchor = self.placer.anchors.mean_mm[self.center_ids[self.R.randint(len(self.center_ids))]]
+        # Draw the donor first and centre on one of ITS organs: the donor's layout can sit far from the bank mean
+        # (other field of view), and a patch centred on a mean anchor could then miss every organ.
+        bank, anchors = self.bank, self.placer.anchors
+        self._donor = bank.subjects[self.R.randint(len(bank.subjects))]
+        own = [i for i in self.center_ids if anchors.subject_position(i, self._donor) is not None] or self.center_ids
+        anchor = anchors.expected_position(own[self.R.randint(len(own))], None, self._donor)
         self._center = anchor + self.R.uniform(-0.25, 0.25, size=3) * self.placer.extent_mm
 
     def __call__(self, data=None, randomize: bool = True) -> MetaTensor:
@@ -133,7 +140,7 @@ class RandAnatomyLabel(RandomizableTransform):
             self.randomize()
         if self._center is None:
             raise RuntimeError("RandAnatomyLabel: call with randomize=True first")
-        label, record = self.placer(self.R, self._center)
+        label, record = self.placer(self.R, self._center, self._donor)
         self.last_record = record
         return _to_meta(label, _affine(self.bank.spacing, record.origin_mm), torch.int64)
 

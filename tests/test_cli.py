@@ -1,0 +1,321 @@
+"""Tests of the command line (python -m synth_transforms ...), its functions and scripts/demo.py.
+
+Each ``python -m synth_transforms`` process spends most of its time (about 7 s of CPU) importing MONAI, so a few
+subprocess runs are started together once per module (``cli_runs``); the other commands and the finer behaviour
+(resume, interruption, argument checks) are tested in-process through ``cli.main``, the same fire front end.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import load_decathlon_datalist
+from PIL import Image
+
+from synth_transforms import RandAnatomySynthd, ShapeBank, SyntheticDataset, TopologyGraph, cli, load_bank
+
+CLASS_MAP = {"1": "box", "2": "ball", "5": "rod"}
+SMALL = 32  # patch edge of the in-process generate tests
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_label_maps(folder: Path) -> None:
+    """Two subjects (30^3 at 1.5 mm) with a box, a ball and a rod, using the ids of CLASS_MAP."""
+    grid = np.stack(np.meshgrid(*[np.arange(30)] * 3, indexing="ij"))
+    for k, subject in enumerate(["sub1", "sub2"]):
+        labels = np.zeros((30, 30, 30), dtype=np.uint8)
+        labels[4 : 12 + k, 5:13, 6:14] = 1
+        labels[((grid - np.array([[[[20]]], [[[18]]], [[[15 + k]]]])) ** 2).sum(0) <= 25] = 2
+        labels[20:23, 5:8, 8 : 24 - k] = 5
+        (folder / subject).mkdir(parents=True)
+        nib.save(nib.Nifti1Image(labels, np.diag([1.5, 1.5, 1.5, 1.0])), folder / subject / "labels.nii.gz")
+    (folder / "class_map.json").write_text(json.dumps(CLASS_MAP))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    _write_label_maps(root / "maps")
+    return root
+
+
+def _command(template: str, **paths) -> list[str]:
+    """The words of ``template``, placeholders ``{name}`` filled after splitting (so paths may hold spaces)."""
+    return [word.format(**paths) for word in template.split()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_procs(workdir):
+    """Start every subprocess command at once, at the start of the module, so they run beside in-process tests."""
+    paths = {"maps": workdir / "maps", "dir": workdir}
+    commands = {
+        "bank_build": "bank build --label_maps {maps} --class_map {maps}/class_map.json --organs box,ball,rod "
+        "--out {dir}/tiny_bank.npz",
+        "preview": "preview --out {dir}/preview.png --n 2 --patch_size 48",
+        "generate": "generate --out {dir}/gen --n 3 --patch_size 48 --workers 0",
+        "validate": "validate --n 6 --patch_size 48 --json {dir}/report.json --workers 0 --progress False",
+        "missing_class_map": "bank build --label_maps {maps} --class_map {dir}/no_such_map.json --organs box "
+        "--out {dir}/x.npz",
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    logs = workdir / "logs"
+    logs.mkdir()
+    procs = {}
+    for name, template in commands.items():
+        args = _command(template, **paths)
+        with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "synth_transforms", *args], stdout=out, stderr=err, cwd=workdir, env=env
+            )
+    yield procs, logs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_runs(cli_procs):
+    """``{name: (returncode, stdout, stderr)}`` of the subprocess commands, once all have finished."""
+    procs, logs = cli_procs
+    return {
+        name: (proc.wait(timeout=300), (logs / f"{name}.out").read_text(), (logs / f"{name}.err").read_text())
+        for name, proc in procs.items()
+    }
+
+
+def _ok(run):
+    code, out, err = run
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted generate run of 4 small pairs."""
+    out = tmp_path_factory.mktemp("reference") / "data"
+    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    return out
+
+
+def test_generated_pairs_are_the_dataset_samples(reference):
+    dataset = SyntheticDataset(RandAnatomySynthd(patch_size=(SMALL,) * 3), 4, seed=3)
+    for i in (0, 3):
+        sample = dataset[i]
+        label = nib.load(reference / "labelsTr" / f"synth_{i:05d}.nii.gz")
+        image = nib.load(reference / "imagesTr" / f"synth_{i:05d}.nii.gz")
+        assert np.asarray(label.dataobj).dtype == np.uint8
+        assert np.array_equal(np.asarray(label.dataobj), sample["label"][0].numpy())
+        assert np.array_equal(image.get_fdata(dtype=np.float32), sample["image"][0].numpy())
+        assert np.allclose(label.affine, sample["label"].affine.numpy())
+
+
+def test_resume_recreates_a_deleted_pair_identically(reference, tmp_path):
+    out = tmp_path / "data"
+    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    assert _tree_bytes(out) == _tree_bytes(reference)  # another folder, same bytes
+    kept = out / "imagesTr" / "synth_00000.nii.gz"
+    mtime = kept.stat().st_mtime_ns
+    (out / "labelsTr" / "synth_00002.nii.gz").unlink()
+    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    assert _tree_bytes(out) == _tree_bytes(reference)
+    assert kept.stat().st_mtime_ns == mtime  # complete pairs are skipped, not rewritten
+
+
+def test_interrupted_run_leaves_no_partial_file_and_resumes(reference, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    real_save = nib.save
+    calls = []
+
+    def save_then_crash(image, path):
+        calls.append(path)
+        if len(calls) == 4:  # the label of pair 1: write part of it, then die
+            Path(path).write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real_save(image, path)
+
+    monkeypatch.setattr(nib, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    monkeypatch.setattr(nib, "save", real_save)
+    names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    # no temporary file, no partial label of pair 1, no dataset.json yet
+    assert names == {"synth_args.json", *(f"{d}/synth_00000.nii.gz" for d in ("imagesTr", "labelsTr"))} | {
+        "imagesTr/synth_00001.nii.gz"
+    }
+    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    assert _tree_bytes(out) == _tree_bytes(reference)
+
+
+def test_worker_processes_give_the_same_bytes(reference, tmp_path):
+    out = tmp_path / "data"
+    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=2, progress=False)
+    assert _tree_bytes(out) == _tree_bytes(reference)
+
+
+def test_resume_with_other_arguments_is_refused(reference, tmp_path, capsys):
+    out = tmp_path / "data"
+    cli.generate_dataset(out, n=2, seed=3, patch_size=SMALL, workers=0, progress=False)
+    with pytest.raises(ValueError, match=r"seed: was 3, now 4"):
+        cli.generate_dataset(out, n=2, seed=4, patch_size=SMALL, workers=0, progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--out", str(out), "--n", "2", "--patch_size", "48", "--seed", "3"])
+    assert exit_info.value.code == 2
+    assert "patch_size: was [32, 32, 32], now [48, 48, 48]" in capsys.readouterr().err
+
+
+def test_folder_not_made_by_generate_is_refused(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    with pytest.raises(ValueError, match="synth_args.json"):
+        cli.generate_dataset(tmp_path, n=1, patch_size=SMALL, progress=False)
+
+
+def test_primitive_dataset_names_the_primitive_classes(tmp_path):
+    dataset_json = cli.generate_dataset(tmp_path / "prim", n=1, patch_size=SMALL, primitives=True, progress=False)
+    meta = json.loads(dataset_json.read_text())
+    assert len(meta["labels"]) == 33 and meta["labels"]["1"] == "ellipse concave"
+    assert json.loads((tmp_path / "prim" / "synth_args.json").read_text())["bank"] is None
+
+
+def test_unknown_organ_is_a_clear_error(workdir, capsys):
+    maps = workdir / "maps"
+    with pytest.raises(SystemExit) as exit_info:
+        template = "bank build --label_maps {maps}/*/labels.nii.gz --class_map {maps}/class_map.json"
+        cli.main(_command(template + " --organs box,pyramid --out {dir}/y.npz", maps=maps, dir=workdir))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: organ 'pyramid'") and "class map has no class" in err
+    assert not (workdir / "y.npz").exists()
+
+
+def test_graph_text_json_and_png(tmp_path, capsys):
+    cli.main(["graph"])
+    text = capsys.readouterr().out
+    assert text.startswith("TopologyGraph(21 organs") and "liver adjacent stomach" in text
+    cli.main(["graph", "--out", str(tmp_path / "graph.json")])
+    bank = load_bank()
+    saved = TopologyGraph.load(tmp_path / "graph.json", bank.organs)
+    assert saved.edges() == TopologyGraph.from_bank(bank).edges()
+    cli.main(["graph", "--out", str(tmp_path / "graph.png")])
+    with Image.open(tmp_path / "graph.png") as img:
+        assert img.format == "PNG" and img.width > 500
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["graph", "--out", str(tmp_path / "graph.svg")])
+    assert exit_info.value.code == 2 and ".json or .png" in capsys.readouterr().err
+
+
+def test_label_maps_by_glob_folder_and_list(workdir):
+    maps = workdir / "maps"
+    expected = [maps / "sub1" / "labels.nii.gz", maps / "sub2" / "labels.nii.gz"]
+    assert cli._resolve_label_maps(str(maps)) == expected
+    assert cli._resolve_label_maps(f"{maps}/*/labels.nii.gz") == expected
+    assert cli._resolve_label_maps(tuple(str(p) for p in expected)) == expected
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        cli._resolve_label_maps(f"{maps}/*/nothing*.nii.gz")
+
+
+def test_unknown_organ_in_validate_names_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", "--n", "1", "--patch_size", "32", "--organs", "liver,appendix", "--progress", "False"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: organ 'appendix' is not in this shape bank")
+
+
+def test_bench_times_both_transforms(capsys):
+    result = cli.bench(n=2, patch_size=SMALL)
+    assert result["anatomy"] > 0 and result["primitives"] > 0
+    assert result["anatomy_over_primitives"] == pytest.approx(result["anatomy"] / result["primitives"])
+
+
+def test_demo_writes_preview_and_dataset(tmp_path, capsys):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("demo_script", script)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.main(["--out", str(tmp_path / "demo"), "--n", "2", "--patch_size", str(SMALL)])
+    out = capsys.readouterr().out
+    assert "preview.png" in out and "dataset.json" in out
+    assert (tmp_path / "demo" / "preview.png").stat().st_size > 0
+    assert len(load_decathlon_datalist(tmp_path / "demo" / "synthetic" / "dataset.json", True, "training")) == 2
+
+
+# ---------------------------------------------------------------------------------------------- subprocess
+def test_bank_build(cli_runs, workdir):
+    out = _ok(cli_runs["bank_build"])
+    assert "3 organs, 2 subjects" in out
+    bank = ShapeBank.load(workdir / "tiny_bank.npz")
+    assert bank.organs == ["box", "ball", "rod"] and bank.subjects == ["sub1", "sub2"] and bank.spacing == 1.5
+
+
+def test_preview_writes_a_png(cli_runs, workdir):
+    _ok(cli_runs["preview"])
+    path = workdir / "preview.png"
+    assert path.stat().st_size > 0
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 6 * 48 and img.height > 2 * 48
+
+
+def test_generate_writes_a_decathlon_dataset(cli_runs, workdir):
+    _ok(cli_runs["generate"])
+    datalist = load_decathlon_datalist(workdir / "gen" / "dataset.json", True, "training")
+    assert len(datalist) == 3
+    meta = json.loads((workdir / "gen" / "dataset.json").read_text())
+    assert meta["numTraining"] == 3 and meta["labels"]["0"] == "background" and meta["labels"]["6"] == "liver"
+    assert len(meta["labels"]) == 22
+    for item in datalist:
+        image, label = nib.load(item["image"]), nib.load(item["label"])
+        assert image.shape == label.shape == (48, 48, 48)
+        assert np.allclose(np.abs(np.diag(label.affine))[:3], 1.5)
+        values = np.unique(np.asarray(label.dataobj))
+        assert values.min() >= 0 and values.max() <= 21
+        data = image.get_fdata()
+        assert 0.0 <= data.min() and data.max() <= 1.0
+    assert not [p for p in (workdir / "gen").rglob("*") if ".tmp" in p.name]
+
+
+def test_validate_prints_and_saves_the_report(cli_runs, workdir):
+    out = _ok(cli_runs["validate"])
+    assert "PASS" in out and "disjoint_overlap_voxels" in out
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["samples"] == 6 and report["ok"] is True
+    assert report["checks"]["organs_outside_tolerance"]["value"] == 0
+
+
+def test_missing_class_map_is_a_clear_error(cli_runs, workdir):
+    code, out, err = cli_runs["missing_class_map"]
+    assert code == 2
+    assert "error:" in err and "no_such_map.json" in err and "not found" in err
+    assert "Traceback" not in err
+    assert not (workdir / "x.npz").exists()
+
+
+def test_bank_info(cli_runs, workdir, capsys):
+    cli.main(["bank", "info"])
+    out = capsys.readouterr().out
+    assert "21 organs" in out and "liver" in out and "default_bank.npz" in out
+    _ok(cli_runs["bank_build"])
+    cli.main(["bank", "info", "--path", str(workdir / "tiny_bank.npz")])
+    out = capsys.readouterr().out
+    assert "3 organs" in out and "box" in out and "rod" in out

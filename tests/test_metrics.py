@@ -1,0 +1,211 @@
+"""Tests of the plausibility metrics (synth_transforms.metrics)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synth_transforms import RandAnatomyLabel, RandAnatomySynthd, SyntheticDataset, TopologyGraph, load_bank
+from synth_transforms.dataset import sample_seed
+from synth_transforms.metrics import (
+    InsertAudit,
+    aggregate,
+    contact_counts,
+    format_report,
+    plausibility_report,
+    sample_metrics,
+)
+from synth_transforms.placement import PlacementRecord
+from synth_transforms.topology import CODE_FREE
+
+ORGANS = ["a", "b", "c"]  # class ids 1, 2, 3
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    """a-b adjacent, c inside a, b-c disjoint (the default)."""
+    return TopologyGraph(ORGANS, [("a", "adjacent", "b"), ("c", "inside", "a")])
+
+
+def _placed(organ, class_id, voxels, position=(0, 0, 0), expected=(0, 0, 0), tolerance=(5, 5, 5), **extra):
+    entry = dict(organ=organ, class_id=class_id, subject="s", tries=1, carved=0, overwritten=0, voxels=voxels)
+    entry.update(position_mm=np.asarray(position, float), expected_mm=np.asarray(expected, float))
+    entry.update(tolerance_mm=np.asarray(tolerance, float))
+    return {**entry, **extra}
+
+
+def _record(*placed, skipped=(), unreachable=()):
+    return PlacementRecord(np.zeros(3), 1.5, "s", list(placed), list(skipped), list(unreachable))
+
+
+def _two_blocks(first: int, second: int) -> torch.Tensor:
+    """An 8^3 map: ``first`` in x 1..3, ``second`` in x 4..6 (a 3x3 face of 9 voxel pairs between them)."""
+    label = torch.zeros((8, 8, 8), dtype=torch.int64)
+    label[1:4, 2:5, 2:5] = first
+    label[4:7, 2:5, 2:5] = second
+    return label
+
+
+def test_touching_disjoint_organs_count_as_contact_not_violation(graph):
+    label = _two_blocks(2, 3)  # b and c are disjoint: they may touch, never overlap
+    m = sample_metrics(label, _record(_placed("b", 2, 27), _placed("c", 3, 27)), graph)
+    assert m["contact_voxels"] == {"disjoint": 18, "adjacent": 0, "inside": 0}  # 9 voxels on each side of the face
+    assert m["disjoint_contact_faces"] == {"b|c": 9}
+    assert m["labels"] == {"integer": True, "invalid_ids": [], "unrecorded_ids": [], "voxel_mismatch": []}
+    assert m["voxels"] == {"b": 27, "c": 27}
+    report = aggregate([m], ORGANS, 1.5)
+    assert report["ok"] and report["contact"]["disjoint"]["voxels_total"] == 18
+
+
+def test_adjacent_and_inside_contacts_are_told_apart(graph):
+    m = sample_metrics(_two_blocks(1, 2), _record(_placed("a", 1, 27), _placed("b", 2, 27)), graph)
+    assert m["contact_voxels"] == {"disjoint": 0, "adjacent": 18, "inside": 0}
+    label = torch.zeros((8, 8, 8), dtype=torch.int64)
+    label[1:7, 1:7, 1:7] = 1
+    label[3:5, 3:5, 3:5] = 3  # c fully inside a
+    m = sample_metrics(label, _record(_placed("a", 1, 208), _placed("c", 3, 8)), graph)
+    assert m["contact_voxels"]["inside"] == 8 + 24  # the 8 voxels of c and the 24 voxels of a facing them
+    assert m["inside"] == [{"organ": "c", "fraction": None, "enclosure": 1.0}]
+
+
+def test_wrong_class_ids_are_flagged(graph):
+    label = _two_blocks(1, 7)  # 7 is no class id of a 3-organ graph (ids 0..3)
+    label[0, 0, 0] = 2  # b is in the patch but not in the record
+    m = sample_metrics(label, _record(_placed("a", 1, 20)), graph)
+    assert m["labels"]["invalid_ids"] == [7]
+    assert m["labels"]["unrecorded_ids"] == [2]
+    assert m["labels"]["voxel_mismatch"] == ["a"]  # recorded 20, the map holds 27
+    report = aggregate([m], ORGANS, 1.5)
+    assert not report["ok"]
+    assert report["invalid_ids"] == [7]
+    for name in ("samples_with_invalid_ids", "samples_with_unrecorded_ids", "samples_with_voxel_mismatch"):
+        assert report["checks"][name] == {**report["checks"][name], "value": 1, "ok": False}
+    assert "FAIL" in format_report(report)
+
+
+def test_float_labels_are_flagged(graph):
+    m = sample_metrics(_two_blocks(1, 2).float() * 0.5, _record(), graph)
+    assert not m["labels"]["integer"] and m["labels"]["invalid_ids"] == [0.5]
+
+
+def test_anchor_tolerance_is_checked_per_axis(graph):
+    inside = _placed("a", 1, 27, position=(5, -5, 0), tolerance=(5, 5, 1))  # exactly on the bound: allowed
+    outside = _placed("b", 2, 27, position=(0, 0, 1.5), tolerance=(5, 5, 1))  # z beyond 1 mm
+    m = sample_metrics(_two_blocks(1, 2), _record(inside, outside), graph)
+    by_organ = {a["organ"]: a for a in m["anchors"]}
+    assert not by_organ["a"]["outside"] and by_organ["a"]["ratio"] == pytest.approx(1.0)
+    assert by_organ["b"]["outside"] and by_organ["b"]["ratio"] == pytest.approx(1.5)
+    report = aggregate([m], ORGANS, 1.5)
+    assert report["checks"]["organs_outside_tolerance"]["value"] == 1 and not report["ok"]
+    assert report["anchors"]["per_organ"]["b"]["outside_tolerance"] == 1
+
+
+def test_audited_overlaps_are_split_by_relation(graph):
+    taken = np.zeros((4, 4), dtype=np.int64)
+    taken[3, 2] = 5  # c took voxels of b: disjoint
+    taken[2, 1] = 4  # b took voxels of a: adjacent organs must be carved instead
+    taken[1, 3] = 3  # a (parent) took voxels of c (its child)
+    taken[3, 1] = 6  # c took voxels of a: allowed, c lies inside a
+    taken[1, 0] = 50  # background: free
+    audit = {"taken": taken, "written": {1: 53, 2: 4, 3: 11}}
+    m = sample_metrics(_two_blocks(1, 3), _record(_placed("a", 1, 27), _placed("c", 3, 27)), graph, audit)
+    assert m["violations"] == {"disjoint": 5, "adjacent": 4, "contains": 3, "inside": 6}
+    assert m["inside"][0]["fraction"] == pytest.approx(6 / 11)
+    report = aggregate([m], ORGANS, 1.5, min_inside_fraction=0.6)
+    values = {k: c["value"] for k, c in report["checks"].items()}
+    assert values["disjoint_overlap_voxels"] == 5
+    assert values["adjacent_overwrite_voxels"] == 4
+    assert values["parent_over_child_voxels"] == 3
+    assert values["children_below_min_inside"] == 1  # 6/11 < 0.6
+
+
+def test_without_audit_overlap_checks_are_not_applicable(graph):
+    report = aggregate([sample_metrics(_two_blocks(1, 2), _record(), graph)], ORGANS, 1.5)
+    assert report["checks"]["disjoint_overlap_voxels"]["value"] is None
+    assert report["overlap"]["audited"] is False
+
+
+def test_contact_counts_faces_are_symmetric(graph):
+    label = _two_blocks(1, 2)
+    _, faces = contact_counts(label, graph.code_table())
+    assert faces[1, 2] == faces[2, 1] == 9
+    assert faces[1, 0] == 6 * 9 - 9  # a's other faces touch background
+
+
+def test_skips_presence_and_volumes_are_aggregated(graph):
+    rec1 = _record(_placed("a", 1, 27), skipped=[{"organ": "b", "tries": 6, "reason": "adjacent overlap 41% > 30%"}])
+    rec2 = _record(_placed("a", 1, 27), _placed("b", 2, 27), unreachable=["c"])
+    label1 = _two_blocks(1, 0)
+    samples = [sample_metrics(label1, rec1, graph), sample_metrics(_two_blocks(1, 2), rec2, graph)]
+    report = aggregate(samples, ORGANS, 2.0)
+    a, b, c = (report["organs"][o] for o in ORGANS)
+    assert a["presence_rate"] == 1.0 and a["volume_ml"]["median"] == pytest.approx(27 * 8 / 1000)
+    assert b["presence_rate"] == 0.5 and b["skip_rate"] == 0.5 and b["skip_reasons"] == {"adjacent overlap > 30%": 1}
+    assert c["unreachable"] == 1 and c["skip_rate"] is None and c["volume_ml"] is None
+    assert report["retries"]["total"] == 6
+
+
+def test_audit_catches_a_placer_that_ignores_the_graph():
+    """The report must be able to fail: a placer that writes over everything breaks disjointness."""
+    maker = RandAnatomyLabel(patch_size=(48, 48, 48))
+    maker.placer.table[:] = CODE_FREE
+    maker.placer.writable[:] = True
+    report = plausibility_report(maker, n=30, seed=0)
+    assert report["checks"]["disjoint_overlap_voxels"]["value"] > 0
+    assert not report["ok"]
+
+
+def test_audit_measures_inside_children():
+    bank = load_bank()
+    graph = TopologyGraph.from_bank(bank, overrides=[("portal_vein_and_splenic_vein", "inside", "liver")])
+    maker = RandAnatomyLabel(bank, patch_size=(48, 48, 48), topology=graph, center_organs=["liver"])
+    report = plausibility_report(maker, n=40, seed=1)
+    row = report["inside"]["portal_vein_and_splenic_vein"]
+    assert row["placed_with_parent"] > 0
+    assert row["fraction_min"] >= maker.placer.min_inside_fraction
+    assert report["overlap"]["inside_overwritten_voxels"] > 0
+    assert report["ok"], format_report(report)
+
+
+def test_audit_leaves_the_callers_transform_untouched():
+    maker = RandAnatomyLabel(patch_size=(32, 32, 32))
+    plausibility_report(maker, n=2)
+    assert "_try_insert" not in vars(maker.placer)
+    InsertAudit(maker.placer)
+    assert "_try_insert" in vars(maker.placer)
+
+
+def test_report_labels_are_the_synthd_labels_of_the_same_seed():
+    maker = RandAnatomyLabel(patch_size=(32, 32, 32))
+    dataset = SyntheticDataset(RandAnatomySynthd(patch_size=(32, 32, 32)), 3, seed=5)
+    for i in range(3):
+        maker.set_random_state(seed=sample_seed(5, 0, i))
+        assert torch.equal(maker().as_tensor(), dataset[i]["label"].as_tensor())
+
+
+def test_thousand_patches_are_plausible():
+    """1000 default-bank patches (48^3): no overlap violations, no organ off its anchor, only documented ids."""
+    report = plausibility_report(n=1000, seed=0, patch_size=48, workers=2)
+    json.dumps(report)  # JSON-serialisable
+    text = format_report(report)
+    assert report["ok"], text
+    checks = {k: c["value"] for k, c in report["checks"].items()}
+    assert checks["disjoint_overlap_voxels"] == 0
+    assert checks["adjacent_overwrite_voxels"] == 0
+    assert checks["organs_outside_tolerance"] == 0
+    assert checks["samples_with_invalid_ids"] == 0 and checks["samples_with_unrecorded_ids"] == 0
+    assert report["num_classes"] == 22 and report["invalid_ids"] == []
+    assert report["anchors"]["placements"] == sum(row["placed"] for row in report["organs"].values())
+    assert report["anchors"]["max_ratio"] <= 1.0 + 1e-6
+    assert report["organs"]["liver"]["presence_rate"] > 0.2  # the liver is in most upper-abdominal patches
+    assert report["overlap"]["adjacent_carved_voxels"] > 0  # adjacent organs do meet and get carved
+    assert "PASS" in text and "liver" in text
