@@ -1,6 +1,7 @@
-"""Demo of the synthesis on the default shape bank: a preview montage and a few NIfTI pairs with a dataset.json.
+"""Demo on the default shape bank: a preview montage, a few NIfTI pairs with a dataset.json, and a short CPU
+pre-training run of the anatomy_pretrain bundle (checkpoint + exported Swin encoder).
 
-    python scripts/demo.py --out demo_output [--n 4] [--seed 0] [--patch_size 96]
+    python scripts/demo.py --out demo_output [--n 4] [--seed 0] [--patch_size 96] [--iterations 4]
 
 This is what ``make demo`` runs. Each step is a small function taking the parsed arguments and returning a line
 that says what it made; add a step by writing one more such function and listing it in ``STEPS``.
@@ -9,12 +10,16 @@ that says what it made; add a step by writing one more such function and listing
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from synth_transforms.bank import load_bank
 from synth_transforms.cli import generate_dataset, write_preview
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=4, help="synthetic pairs to write (and preview rows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch_size", type=int, default=96, help="patch edge in voxels (1.5 mm)")
+    parser.add_argument("--iterations", type=int, default=4, help="pre-training iterations of the CPU run")
     return parser.parse_args(argv)
 
 
@@ -46,7 +52,35 @@ def step_generate(args: argparse.Namespace) -> str:
     return f"synthetic dataset: {dataset_json} ({args.n} pairs in imagesTr/ and labelsTr/)"
 
 
-STEPS: list[Callable[[argparse.Namespace], str]] = [step_bank, step_preview, step_generate]
+def step_pretrain(args: argparse.Namespace) -> str:
+    """A few iterations of the anatomy_pretrain bundle on CPU (small network), through the real bundle CLI."""
+    root = args.out / "pretrain"
+    configs = REPO / "bundles" / "anatomy_pretrain" / "configs"
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(configs / "train.json"),
+        "--meta_file", str(configs / "metadata.json"),
+        "--logging_file", str(configs / "logging.conf"),
+        "--bundle_root", str(root),
+        "--device", "cpu",
+        "--feature_size", "12",
+        "--patch_size", "[64,64,64]",
+        "--num_iterations", str(args.iterations),
+        "--batch_size", "1",
+        "--num_workers", "0",
+        "--num_val_samples", "2",
+        "--use_checkpoint", "False",
+        "--progress_bar", "False",
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    return (
+        f"pre-training ({args.iterations} iterations, feature_size 12, 64^3, CPU): checkpoint "
+        f"{root / 'runs' / 'checkpoints' / 'checkpoint_final.pt'}, encoder {root / 'models' / 'model_swinvit.pt'}, "
+        f"network {root / 'models' / 'model.pt'}"
+    )
+
+
+STEPS: list[Callable[[argparse.Namespace], str]] = [step_bank, step_preview, step_generate, step_pretrain]
 
 
 def main(argv: list[str] | None = None) -> None:

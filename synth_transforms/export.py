@@ -138,7 +138,7 @@ def export_encoder(
     path: str | os.PathLike,
     dtype: torch.dtype | str | None = None,
 ) -> Path:
-    """Write the Swin encoder of ``network`` (a SwinUNETR or its state dict) to ``path``; see :func:`encoder_state_dict`."""
+    """Write the Swin encoder of a SwinUNETR (or of its state dict) to ``path``; see :func:`encoder_state_dict`."""
     return save_atomic(encoder_state_dict(network, dtype), path)
 
 

@@ -1,0 +1,249 @@
+"""The anatomy_pretrain bundle: layout, metadata against the bundle specification, workflow properties, a tiny CPU
+training run with weight export, the epoch handler, DDP sampling, and a two-process gloo run under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _bundle_utils import check_bundle_metadata
+from ignite.engine import Engine
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import DataLoader
+from monai.networks.nets import SwinUNETR
+from monai.transforms import Compose, Randomizable, Transform
+
+import synth_transforms
+from synth_transforms.handlers import SyntheticEpochHandler, TrainingProgressBar, WeightExportHandler, every
+from synth_transforms.pretrained import load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "anatomy_pretrain"
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "device": "cpu",
+    "feature_size": 12,
+    "patch_size": [64, 64, 64],
+    "num_iterations": 2,
+    "batch_size": 1,
+    "num_workers": 0,
+    "num_val_samples": 1,
+    "use_checkpoint": False,
+    "progress_bar": False,
+}
+
+
+def config_files(*extra: str) -> list[str]:
+    return [str(CONFIGS / "train.json")] + [str(CONFIGS / name) for name in extra]
+
+
+def make_workflow(bundle_root: Path, *extra: str, **override) -> ConfigWorkflow:
+    return ConfigWorkflow(
+        config_file=config_files(*extra),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(bundle_root),
+        **override,
+    )
+
+
+# ---------------------------------------------------------------------- layout and metadata
+def test_bundle_has_the_specified_files():
+    for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/logging.conf"):
+        assert (BUNDLE / name).is_file(), f"missing {name}"
+    for name in ("train.json", "primitives.json", "multi_gpu_train.json", "metadata.json"):
+        json.loads((CONFIGS / name).read_text())
+    # No weights are released yet: the list must not point at files that do not exist.
+    assert yaml.safe_load((BUNDLE / "large_files.yml").read_text()) == {"large_files": []}
+
+
+def test_metadata_follows_the_bundle_specification():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert check_bundle_metadata(metadata) == []  # offline check of the specification's fields (no schema download)
+    assert metadata["version"] in metadata["changelog"]
+    assert list(metadata["changelog"])[0] == metadata["version"], "newest changelog entry first"
+    assert metadata["required_packages_version"]["synth-transforms"] == synth_transforms.__version__
+
+    bank = synth_transforms.load_bank()
+    image = metadata["network_data_format"]["inputs"]["image"]
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    assert image["num_channels"] == 1 and image["spatial_shape"] == [96, 96, 96]
+    assert pred["num_channels"] == bank.num_classes == 22
+    assert pred["channel_def"] == {"0": "background", **{str(i + 1): o for i, o in enumerate(bank.organs)}}
+
+
+# ---------------------------------------------------------------------- workflow
+@pytest.mark.parametrize("extra, classes", [((), 22), (("primitives.json",), 33)])
+def test_workflow_properties_and_class_count(tmp_path, extra, classes):
+    workflow = make_workflow(tmp_path, *extra, num_workers=0)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    parser = workflow.parser
+    assert parser.get_parsed_content("num_classes") == classes
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, SwinUNETR) and network.out.conv.conv.out_channels == classes
+    assert parser.get_parsed_content("feature_size") == 48
+    assert parser.get_parsed_content("patch_size") == [96, 96, 96]
+    dataset = parser.get_parsed_content("train#dataset")
+    assert isinstance(dataset, synth_transforms.SyntheticDataset)
+    assert len(dataset) == parser.get_parsed_content("epoch_length") * parser.get_parsed_content("batch_size")
+    validation = parser.get_parsed_content("validate#dataset")
+    assert validation.seed != dataset.seed, "the validation set must not repeat training samples"
+
+
+def test_epoch_plan_rounds_up_to_whole_epochs(tmp_path):
+    parser = make_workflow(tmp_path, num_iterations=1250, iterations_per_epoch=500).parser
+    assert parser.get_parsed_content("epoch_length") == 500
+    assert parser.get_parsed_content("max_epochs") == 3
+    parser = make_workflow(tmp_path, num_iterations=2).parser
+    assert parser.get_parsed_content("epoch_length") == 2 and parser.get_parsed_content("max_epochs") == 1
+
+
+def test_tiny_training_run_exports_encoder_and_network(tmp_path):
+    workflow = make_workflow(tmp_path, **TINY)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    parser = workflow.parser
+
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2 and trainer.state.epoch == 1
+    val_dice = parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"]
+    assert 0.0 <= val_dice <= 1.0
+
+    network = parser.get_parsed_content("network")
+    exported = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert exported.keys() == network.state_dict().keys()
+    assert all(torch.equal(exported[k], v) for k, v in network.state_dict().items())
+
+    # The encoder file loads with MONAI's own loader for published Swin UNETR weights and with load_pretrained.
+    encoder = torch.load(tmp_path / "models" / "model_swinvit.pt", weights_only=True)
+    fresh = SwinUNETR(in_channels=1, out_channels=3, feature_size=12)
+    fresh.load_from(encoder)
+    assert torch.equal(fresh.swinViT.patch_embed.proj.weight, network.swinViT.patch_embed.proj.weight)
+    other = SwinUNETR(in_channels=1, out_channels=3, feature_size=12)
+    load_pretrained(other, tmp_path / "models" / "model_swinvit.pt")
+    for name, value in network.swinViT.state_dict().items():
+        assert torch.equal(other.swinViT.state_dict()[name], value), name
+
+    checkpoint = torch.load(tmp_path / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler"} <= checkpoint.keys()
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_multi_gpu_config_gives_each_rank_disjoint_samples(tmp_path):
+    parser = ConfigParser()
+    parser.read_config(config_files("multi_gpu_train.json"))
+    parser.update({"bundle_root": str(tmp_path), "patch_size": [64, 64, 64], "num_iterations": 3, "batch_size": 2})
+    parser.update({"world_size": 2, "train#sampler#num_replicas": 2})
+    indices = []
+    for rank in range(2):
+        parser["train#sampler#rank"] = rank
+        parser.parse(reset=True)
+        assert len(parser.get_parsed_content("train#dataset")) == 3 * 2 * 2
+        indices.append(list(parser.get_parsed_content("train#sampler")))
+    assert len(indices[0]) == len(indices[1]) == 3 * 2, "each rank runs epoch_length iterations of batch_size"
+    assert not set(indices[0]) & set(indices[1])
+    assert sorted(indices[0] + indices[1]) == list(range(12))
+    assert parser.get_parsed_content("backend") == ("nccl" if torch.cuda.is_available() else "gloo")
+
+
+# ---------------------------------------------------------------------- handlers
+class _DrawOne(Randomizable, Transform):
+    """A cheap random 'sample': one integer drawn from the transform's random state."""
+
+    def randomize(self, data=None) -> None:
+        self.value = self.R.randint(1 << 30)
+
+    def __call__(self, data):
+        self.randomize()
+        return torch.tensor([self.value])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_epoch_handler_gives_each_epoch_its_own_samples(num_workers):
+    dataset = synth_transforms.SyntheticDataset(Compose([_DrawOne()]), length=4, seed=7)
+    seen: dict[int, list[int]] = {}
+    engine = Engine(lambda e, batch: seen.setdefault(e.state.epoch, []).extend(batch.flatten().tolist()))
+    SyntheticEpochHandler(dataset).attach(engine)
+    engine.run(DataLoader(dataset, batch_size=2, num_workers=num_workers), max_epochs=3, epoch_length=2)
+
+    for epoch in (1, 2, 3):
+        expected = synth_transforms.SyntheticDataset(Compose([_DrawOne()]), length=4, seed=7, epoch=epoch - 1)
+        assert seen[epoch] == [int(expected[i][0]) for i in range(4)], f"epoch {epoch}"
+    assert len({tuple(v) for v in seen.values()}) == 3, "epochs must differ"
+
+
+def test_epoch_handler_rejects_a_dataset_without_set_epoch():
+    with pytest.raises(TypeError, match="set_epoch"):
+        SyntheticEpochHandler([1, 2, 3])
+
+
+def test_export_handler_writes_only_when_training_completes(tmp_path):
+    network = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)
+
+    def fail(engine, batch):
+        raise RuntimeError("diverged")
+
+    failing = Engine(fail)
+    WeightExportHandler(network, tmp_path / "failed").attach(failing)
+    with pytest.raises(RuntimeError, match="diverged"):
+        failing.run([0], max_epochs=1)
+    assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
+
+    engine = Engine(lambda e, b: None)
+    handler = WeightExportHandler(network, tmp_path / "models", encoder_dtype="float16")
+    handler.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "model_swinvit.pt"]
+    encoder = torch.load(handler.paths["encoder"], weights_only=True)["state_dict"]
+    assert encoder["module.patch_embed.proj.weight"].dtype == torch.float16
+
+
+def test_progress_bar_reads_the_loss_of_a_monai_trainer_output():
+    bar = TrainingProgressBar()
+    assert bar._loss([{"loss": torch.tensor(0.25), "pred": None}]) == {"loss": 0.25}
+    assert bar._loss({"loss": 1.5}) == {"loss": 1.5}
+    assert bar._loss([{"pred": None}]) == {}
+
+
+def test_every_filters_events():
+    keep = every(3)
+    assert [i for i in range(1, 10) if keep(None, i)] == [3, 6, 9]
+    with pytest.raises(ValueError, match="positive"):
+        every(0)
+
+
+# ---------------------------------------------------------------------- torchrun
+def test_torchrun_two_process_gloo_run(tmp_path):
+    overrides = {**TINY, "num_iterations": 1, "num_val_samples": 2}
+    overrides.pop("device")  # multi_gpu_train.json picks cuda:LOCAL_RANK or, without CUDA, the CPU with gloo
+    args = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(config_files("multi_gpu_train.json")),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--bundle_root", str(tmp_path),
+        *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert log.count("SupervisedTrainer - INFO - Engine run resuming") == 1, "the trainer must log on rank 0 only"
+    assert "Exported the whole network" in log
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(name.startswith("module.") for name in state), "the export must unwrap DistributedDataParallel"
+    assert state["out.conv.conv.weight"].shape[0] == 22
+    assert np.isfinite([float(v.float().sum()) for v in state.values()]).all()

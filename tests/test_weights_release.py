@@ -1,0 +1,233 @@
+"""Weight export (encoder + whole network), the release script, and the verified download of released files with
+``python -m monai.bundle download_large_files`` from a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.apps.utils import HashCheckError
+from monai.bundle import download_large_files as monai_download_large_files
+from monai.networks.nets import SwinUNETR
+
+from synth_transforms.export import (
+    encoder_state_dict,
+    export_encoder,
+    export_network,
+    export_weights,
+    read_network_state,
+)
+from synth_transforms.pretrained import load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "anatomy_pretrain"
+SCRIPT = REPO / "scripts" / "release_weights.py"
+
+
+@functools.lru_cache(maxsize=1)
+def release_module():
+    spec = importlib.util.spec_from_file_location("release_weights", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_swin(out_channels: int = 4, seed: int = 0) -> SwinUNETR:
+    torch.manual_seed(seed)
+    return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=12)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve a folder on 127.0.0.1 from a thread; yields ``(folder, base_url)`` and stops the server afterwards."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/weights"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def download_large_files(bundle: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+# ---------------------------------------------------------------------- export
+def test_fp16_encoder_of_feature_size_48_is_under_16_mib_and_loads(tmp_path):
+    network = SwinUNETR(in_channels=1, out_channels=22, feature_size=48)
+    path = export_encoder(network, tmp_path / "model_swinvit.pt", dtype="float16")
+    assert path.stat().st_size < 16 * 2**20
+
+    target = SwinUNETR(in_channels=1, out_channels=3, feature_size=48)
+    target.load_from(torch.load(path, weights_only=True))  # MONAI's loader of published Swin UNETR SSL weights
+    for name, value in network.swinViT.state_dict().items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(target.swinViT.state_dict()[name], expected), name
+
+
+def test_encoder_uses_the_published_layout():
+    network = tiny_swin()
+    state = encoder_state_dict(network)["state_dict"]
+    assert all(name.startswith("module.") for name in state)
+    assert "module.layers1.0.blocks.0.mlp.fc1.weight" in state and not any(".linear1." in n for n in state)
+    assert len(state) == len(network.swinViT.state_dict())
+    index = [v for n, v in state.items() if n.endswith("relative_position_index")]
+    assert index and all(v.dtype == torch.int16 for v in index)
+    assert len({v.data_ptr() for v in index}) == 1, "identical index buffers are stored once"
+
+
+def test_encoder_from_network_or_state_dict_or_wrapper_is_the_same():
+    network = tiny_swin()
+    from_network = encoder_state_dict(network)["state_dict"]
+    from_state = encoder_state_dict(network.state_dict())["state_dict"]
+    from_wrapper = encoder_state_dict(torch.nn.DataParallel(network))["state_dict"]
+    for name, value in from_network.items():
+        assert torch.equal(from_state[name], value) and torch.equal(from_wrapper[name], value), name
+
+
+def test_export_rejects_networks_without_a_swin_encoder(tmp_path):
+    with pytest.raises(ValueError, match="swinViT"):
+        export_encoder(torch.nn.Conv3d(1, 1, 3), tmp_path / "e.pt")
+    with pytest.raises(ValueError, match="swinViT"):
+        encoder_state_dict({"encoder.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="dtype"):
+        encoder_state_dict(tiny_swin(), dtype="int8")
+
+
+def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    def broken_save(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_weights(tiny_swin(), tmp_path / "models")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_read_network_state_unwraps_checkpoints(tmp_path):
+    network = tiny_swin()
+    plain = export_network(network, tmp_path / "model.pt")
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"network": {f"module.{k}": v for k, v in network.state_dict().items()}, "optimizer": {}}, checkpoint)
+    for path in (plain, checkpoint):
+        state = read_network_state(path)
+        assert state.keys() == network.state_dict().keys()
+    torch.save({"epoch": 3}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt"):
+        read_network_state(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        read_network_state(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------- release script
+def test_versions_and_metadata_checks(tmp_path):
+    release = release_module()
+    assert release.next_version("0.1.0") == "0.2.0"
+    assert release.next_version("0.1.9", "patch") == "0.1.10"
+    assert release.next_version("0.4.2", "major") == "1.0.0"
+    assert release.next_version("0.1.0", version="0.1.1") == "0.1.1"
+    with pytest.raises(ValueError, match="greater"):
+        release.next_version("0.2.0", version="0.2.0")
+    with pytest.raises(ValueError, match="MAJOR.MINOR.PATCH"):
+        release.next_version("1.0")
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+    with pytest.raises(ValueError, match="already has version 0.1.0"):
+        release.update_metadata(bundle, "0.1.0", "again")
+    (bundle / "large_files.yml").write_text("large_files: {name: x}\n")
+    with pytest.raises(ValueError, match="must be a list"):
+        release.update_large_files(bundle, [])
+
+
+def test_release_then_verified_download(tmp_path, http_folder):
+    served, base_url = http_folder
+    run_dir = tmp_path / "run"
+    network = tiny_swin()
+    export_weights(network, run_dir / "models")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+
+    command = [sys.executable, str(SCRIPT), "--run_dir", str(run_dir), "--bundle", str(bundle)]
+    command += ["--base_url", base_url, "--message", "tiny test release"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    release_dir = run_dir / "release-0.2.0"
+    encoder_file = release_dir / "model_swinvit.pt"
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["version"] == "0.2.0" and list(metadata["changelog"].items())[0] == ("0.2.0", "tiny test release")
+    assert (bundle / "large_files.yml").read_text().startswith("#"), "keeps a header comment"
+    entries = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert entries == [
+        {
+            "name": "model_swinvit.pt",
+            "path": "models/model_swinvit.pt",
+            "url": f"{base_url}/model_swinvit.pt",
+            "hash_val": sha256(encoder_file),
+            "hash_type": "sha256",
+        }
+    ]
+    assert (release_dir / "SHA256SUMS").read_text() == f"{sha256(encoder_file)}  model_swinvit.pt\n"
+    encoder = torch.load(encoder_file, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in encoder.values() if v.is_floating_point())
+
+    # Upload, then download into a fresh copy of the bundle: the file arrives and passes its hash.
+    (served / "weights").mkdir()
+    shutil.copy(encoder_file, served / "weights" / encoder_file.name)
+    target = bundle / "models" / "model_swinvit.pt"
+    result = download_large_files(bundle)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sha256(target) == entries[0]["hash_val"]
+    loaded = load_pretrained(tiny_swin(out_channels=2, seed=1), target, transfer="encoder")
+    assert torch.equal(loaded.swinViT.patch_embed.proj.weight, network.swinViT.patch_embed.proj.weight.half().float())
+
+    # A corrupted file on the server: the download fails loudly and leaves nothing at the target path. (The same
+    # function the command above runs, called in-process to check the exception type.)
+    target.unlink()
+    corrupted = bytearray((served / "weights" / encoder_file.name).read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    (served / "weights" / encoder_file.name).write_bytes(bytes(corrupted))
+    with pytest.raises(HashCheckError, match="sha256 hash check of downloaded file failed"):
+        monai_download_large_files(bundle_path=str(bundle))
+    assert not target.exists()
+    assert not any((bundle / "models").glob("*model_swinvit*"))
+
+    # A bad file already at the target path is never trusted.
+    target.write_bytes(bytes(corrupted))
+    with pytest.raises(HashCheckError, match="hash check of existing file failed"):
+        monai_download_large_files(bundle_path=str(bundle))
+
+
+def test_repository_bundle_lists_no_weights_and_downloads_nothing(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+    monai_download_large_files(bundle_path=str(bundle))
+    assert not (bundle / "models").exists()
