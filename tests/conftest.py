@@ -1,10 +1,11 @@
-"""Shared pytest fixtures: repository paths and the shared real data (``../shared/data`` next to the repo)."""
+"""Shared pytest fixtures: repository paths, the shared real data (``../shared/data`` next to the repo), threads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -31,3 +32,12 @@ def hippocampus_dir(shared_data_dir: Path) -> Path:
     if not (path / "dataset.json").is_file():
         pytest.skip(f"{path}/dataset.json not found")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread, as in a DataLoader worker (small tensor ops lose to thread hand-offs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

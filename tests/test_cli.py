@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
@@ -25,12 +24,7 @@ CLASS_MAP = {"1": "box", "2": "ball", "5": "rod"}
 SMALL = 32  # patch edge of the in-process generate tests
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_label_maps(folder: Path) -> None:

@@ -22,12 +22,7 @@ from synth_transforms.topology import CODE_FREE
 ORGANS = ["a", "b", "c"]  # class ids 1, 2, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

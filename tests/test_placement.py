@@ -14,13 +14,7 @@ PATCH = (64, 64, 64)
 RIGID = {"scale_range": (1.0, 1.0), "rotation_deg": 0.0, "deform_mm": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One thread, as in a DataLoader worker (small tensor ops only lose to thread hand-offs on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from synth_transforms.primitives import (
 SMALL = (48, 48, 48)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run on one thread, as in a DataLoader worker; tiny tensor ops only lose to thread hand-offs on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _class_id(section: str, profile: str) -> int:

@@ -11,13 +11,7 @@ from synth_transforms import contour_shell, primitive_label_map, render_label
 CLEAN = {"blur_sigma": (0.0, 0.0), "bias_strength": (0.0, 0.0), "noise_std": (0.0, 0.0)}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One thread, as in a DataLoader worker (small tensor ops only lose to thread hand-offs on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cube(size=40, lo=10, hi=30, value=3) -> torch.Tensor:

@@ -30,12 +30,7 @@ KEYS = ("image", "label")
 CLEAN = {"blur_sigma": (0.0, 0.0), "bias_strength": (0.0, 0.0), "noise_std": (0.0, 0.0)}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
