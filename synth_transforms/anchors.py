@@ -9,16 +9,14 @@ organ from where its parent was actually placed (adrenal gland from kidney, gall
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .bank import ShapeBank
-from .io import write_json_atomic
+from .io import read_json, write_json_atomic
 
 __all__ = ["AnchorModel", "DEFAULT_RELATIVE_ANCHORS"]
 
@@ -197,13 +195,10 @@ class AnchorModel:
     @classmethod
     def load(cls, path: str | os.PathLike, organs: Sequence[str]) -> AnchorModel:
         """Read anchors from JSON, checking they cover exactly ``organs`` (the bank's organs, in class order)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"anchors {path}: file not found")
+        data = read_json(path, "anchors")
         try:
-            data = json.loads(path.read_text())
             entries = data["organs"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise ValueError(f"anchors {path}: expected JSON with an 'organs' object ({e})") from e
         missing, extra = set(organs) - set(entries), set(entries) - set(organs)
         if missing or extra:

@@ -37,7 +37,7 @@ import torch
 from . import __version__
 from .bank import DEFAULT_BANK_PATH, ShapeBank, load_bank
 from .dataset import SyntheticDataset, sample_seed
-from .io import atomic_path, write_json_atomic
+from .io import atomic_path, read_json, write_json_atomic
 from .primitives import PRIMITIVE_CLASSES
 from .render import RENDER_MODES
 from .topology import TopologyGraph
@@ -121,12 +121,7 @@ def _organ_spec(organs) -> dict[str, list[str]] | list[str] | None:
         return None
     if isinstance(organs, str) and organs.endswith(".json"):
         path = Path(organs)
-        if not path.is_file():
-            raise FileNotFoundError(f"organ file {path}: file not found")
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"organ file {path}: not valid JSON ({e})") from e
+        spec = read_json(path, "organ file")
         if isinstance(spec, dict):
             return {str(o): [parts] if isinstance(parts, str) else list(parts) for o, parts in spec.items()}
         if isinstance(spec, list):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_label_map", "read_class_map", "atomic_path", "write_json_atomic"]
+__all__ = ["read_label_map", "read_class_map", "read_json", "atomic_path", "write_json_atomic"]
 
 
 @contextmanager
@@ -48,6 +48,22 @@ def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> None:
         tmp.write_text(json.dumps(obj, indent=indent) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str):
+    """Parse a JSON file; errors name ``what`` the file is (e.g. "class map") and its path.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path}: not valid JSON ({e})") from e
+
+
 def read_class_map(class_map: Mapping | str | os.PathLike) -> dict[int, str]:
     """Return a class map ``{id: name}`` from a mapping or a JSON file of ``{"id": "name"}``.
 
@@ -57,14 +73,8 @@ def read_class_map(class_map: Mapping | str | os.PathLike) -> dict[int, str]:
     """
     source = "class map"
     if not isinstance(class_map, Mapping):
-        path = Path(class_map)
-        source = f"class map {path}"
-        if not path.is_file():
-            raise FileNotFoundError(f"{source}: file not found")
-        try:
-            class_map = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: not valid JSON ({e})") from e
+        source = f"class map {class_map}"
+        class_map = read_json(class_map, "class map")
         if not isinstance(class_map, Mapping):
             raise ValueError(f"{source}: expected a JSON object {{id: name}}, got {type(class_map).__name__}")
     out: dict[int, str] = {}

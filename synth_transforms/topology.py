@@ -13,16 +13,14 @@ saved to / loaded from JSON (validated on load).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from .bank import ShapeBank
-from .io import write_json_atomic
+from .io import read_json, write_json_atomic
 
 __all__ = ["TopologyGraph", "RELATIONS", "DISJOINT", "ADJACENT", "INSIDE"]
 
@@ -213,14 +211,7 @@ class TopologyGraph:
     @classmethod
     def load(cls, path: str | os.PathLike, organs: Sequence[str] | None = None) -> TopologyGraph:
         """Read a graph from JSON; with ``organs`` given, check the graph covers exactly those organs."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"topology graph {path}: file not found")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"topology graph {path}: not valid JSON ({e})") from e
-        graph = cls.from_dict(data, source=f"topology graph {path}")
+        graph = cls.from_dict(read_json(path, "topology graph"), source=f"topology graph {path}")
         if organs is not None and list(organs) != graph.organs:
             raise ValueError(
                 f"topology graph {path}: its organs {graph.organs} differ from the bank's {list(organs)} "
