@@ -332,28 +332,27 @@ class OrganPlacer:
         view = canvas[warp.region]
         if not parents:  # an inside test needs the full resolution; a coarse one could wrongly reject
             coarse = self._sample(shape, warp, step=2)
-            hits = view[::2, ::2, ::2][coarse]
-            existing = hits[hits != 0].long()
-            if existing.numel():
+            coarse_view = view[::2, ::2, ::2]
+            coarse_hits = (coarse_view != 0) & coarse  # elementwise tests beat boolean-mask reads of a strided view
+            if bool(coarse_hits.any()):
+                existing = coarse_view[coarse_hits].long()
                 reason, _ = self._violation(existing, cls_id, max(int(coarse.sum()), 1), parents)
                 if reason is not None and reason.startswith("disjoint"):
                     return reason, {}
         cand = self._sample(shape, warp)
-        under = view[cand]
-        n = under.numel()
+        n = int(cand.sum())
         if n == 0:
             return "outside", {}
-        occupied = under != 0
-        existing = under[occupied].long()
-        if existing.numel() == 0 and not parents:  # a child on empty ground still fails its inside check
+        hits = (view != 0) & cand
+        if not parents and not bool(hits.any()):  # a child on empty ground still fails its inside check
             view.masked_fill_(cand, cls_id)
             return None, {"carved": 0, "overwritten": 0}
+        existing = view[hits].long()
         reason, overlap = self._violation(existing, cls_id, n, parents)
         if reason is None:
-            keep = torch.zeros_like(occupied)
-            keep[occupied] = ~self.writable[cls_id][existing]
-            under[~keep] = cls_id
-            view[cand] = under
+            keep = torch.zeros_like(hits)
+            keep[hits] = ~self.writable[cls_id][existing]
+            view.masked_fill_(cand & ~keep, cls_id)
         return reason, overlap
 
 
