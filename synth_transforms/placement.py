@@ -120,8 +120,11 @@ class OrganPlacer:
             raise ValueError("jitter_scale, rotation_deg and deform_mm must be >= 0")
         if max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-        for name, value in [("max_carve_fraction", max_carve_fraction), ("min_inside_fraction", min_inside_fraction),
-                            ("donor_prob", donor_prob)]:
+        for name, value in [
+            ("max_carve_fraction", max_carve_fraction),
+            ("min_inside_fraction", min_inside_fraction),
+            ("donor_prob", donor_prob),
+        ]:
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
         if len(bank.organs) > 255:
@@ -143,9 +146,7 @@ class OrganPlacer:
         self.donor_prob = float(donor_prob)
         self.table = torch.from_numpy(self.graph.code_table().astype(np.int64))
         self.writable = (self.table == CODE_FREE) | (self.table == CODE_OVERWRITE)
-        self.parent_ids = {
-            o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order
-        }
+        self.parent_ids = {o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order}
         prepared: dict[int, _Shape] = {}  # bank shapes are shared between the two views below: prepare once
 
         def prepare(shape) -> _Shape:
@@ -320,6 +321,14 @@ class OrganPlacer:
                 return f"only {inside / n:.0%} inside its parent", {}
         return None, {"carved": carved, "overwritten": int(counts[CODE_OVERWRITE])}
 
+    def _clearly_overcarved(self, existing: torch.Tensor, cls_id: int, n: int, min_voxels: int = 500) -> bool:
+        """Coarse test: the adjacent overlap exceeds the limit by a safe margin on a well-sampled organ."""
+        if n < min_voxels:
+            return False
+        codes = self.table[cls_id][existing]
+        carved = int(((codes == CODE_CARVE) | (codes == CODE_KEEP)).sum())
+        return carved > (self.max_carve_fraction + 0.1) * n
+
     def _try_insert(
         self, canvas: torch.Tensor, shape: _Shape, warp: _Warp, cls_id: int, parents: list[int]
     ) -> tuple[str | None, dict]:
@@ -336,8 +345,13 @@ class OrganPlacer:
             coarse_hits = (coarse_view != 0) & coarse  # elementwise tests beat boolean-mask reads of a strided view
             if bool(coarse_hits.any()):
                 existing = coarse_view[coarse_hits].long()
-                reason, _ = self._violation(existing, cls_id, max(int(coarse.sum()), 1), parents)
-                if reason is not None and reason.startswith("disjoint"):
+                n_coarse = int(coarse.sum())
+                reason, _ = self._violation(existing, cls_id, max(n_coarse, 1), parents)
+                # a disjoint hit is certain; an adjacent overlap estimated from every 8th voxel is trusted only
+                # when it is clearly over the limit and the organ is large enough for the estimate to be tight
+                if reason is not None and (
+                    reason.startswith("disjoint") or self._clearly_overcarved(existing, cls_id, n_coarse)
+                ):
                     return reason, {}
         cand = self._sample(shape, warp)
         n = int(cand.sum())
