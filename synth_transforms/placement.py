@@ -280,12 +280,17 @@ class OrganPlacer:
         # bend is a sum of smooth 1D curves, one per (crop axis, patch axis), so the warp stays separable and
         # costs no more than the affine part. +0.5 makes the integer conversion round to nearest.
         offset = pivot_crop + inverse @ (lo - pivot_vox) + 0.5
-        terms = [
-            [inverse[axis, m] * np.arange(n) + _bend(rng, n, damping * self.deform_vox) for m, n in enumerate(size)]
-            for axis in range(3)
-        ]
-        for axis in range(3):
-            terms[axis][0] = terms[axis][0] + offset[axis]
+        # bend of crop axis k along patch axis m: amplitude[k, m] * sin(half period over the region + phase[k, m])
+        amplitude = rng.uniform(-1.0, 1.0, size=(3, 3)) * damping * self.deform_vox
+        phase = rng.uniform(0, np.pi, size=(3, 3))
+        terms = []
+        for m, n in enumerate(size):
+            term = inverse[:, m : m + 1] * np.arange(n) + amplitude[:, m : m + 1] * np.sin(
+                _half_period(n) + phase[:, m : m + 1]
+            )
+            if m == 0:
+                term += offset[:, None]
+            terms.append(torch.from_numpy(term.astype(np.float32)))
         return _Warp(lo, hi, terms)
 
     def _sample(self, shape: _Shape, warp: _Warp, step: int = 1) -> torch.Tensor:
@@ -293,7 +298,7 @@ class OrganPlacer:
         flat_index = None  # float32 is exact here: padded crops hold < 2**24 voxels
         stride = 1.0
         for axis in (2, 1, 0):
-            t0, t1, t2 = (torch.from_numpy(t[::step].astype(np.float32)) for t in warp.terms[axis])
+            t0, t1, t2 = (t[axis, ::step] for t in warp.terms)
             u = (t0[:, None, None] + t1[None, :, None]) + t2[None, None, :]
             # the padded crop's border is empty, so clamping sends every outside point to an empty voxel
             u.clamp_(0, float(shape.dims[axis] - 1)).floor_()
@@ -376,19 +381,11 @@ class _Warp:
 
     lo: np.ndarray
     hi: np.ndarray
-    terms: list[list[np.ndarray]]  # terms[crop axis][patch axis]: 1D array over that patch axis
+    terms: list[torch.Tensor]  # terms[patch axis m]: (3, n_m), row k = crop axis k's term along patch axis m
 
     @property
     def region(self) -> tuple[slice, ...]:
         return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
-
-
-def _bend(rng: np.random.RandomState, n: int, amplitude: float) -> np.ndarray:
-    """A smooth random 1D displacement of ``n`` samples: half a sine period with random phase, |d| <= amplitude."""
-    if amplitude <= 0:
-        return np.zeros(n)
-    a, phase = rng.uniform(-amplitude, amplitude), rng.uniform(0, np.pi)
-    return a * np.sin(_half_period(n) + phase)
 
 
 @functools.lru_cache(maxsize=1024)
