@@ -5,14 +5,12 @@
 - :class:`WeightExportHandler`: when training completes, writes the whole network and its Swin encoder
   (see :mod:`synth_transforms.export`).
 - :class:`TrainingProgressBar`: ignite's progress bar showing the running loss.
-- :func:`every`: an event filter for handlers such as ``StatsHandler(iteration_log=every(50))``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 import torch
 from ignite.engine import Engine, Events
@@ -20,21 +18,9 @@ from ignite.handlers import ProgressBar
 
 from .export import ENCODER_FILENAME, NETWORK_FILENAME, export_weights
 
-__all__ = ["SyntheticEpochHandler", "WeightExportHandler", "TrainingProgressBar", "every"]
+__all__ = ["SyntheticEpochHandler", "WeightExportHandler", "TrainingProgressBar"]
 
 logger = logging.getLogger(__name__)
-
-
-def every(n: int) -> Callable[[Engine, int], bool]:
-    """Event filter that is true on every ``n``-th event (for ``iteration_log`` / ``epoch_log`` of MONAI handlers)."""
-    if int(n) < 1:
-        raise ValueError(f"every: n must be a positive integer, got {n!r}")
-    n = int(n)
-
-    def event_filter(engine: Engine, event: int) -> bool:
-        return event % n == 0
-
-    return event_filter
 
 
 class SyntheticEpochHandler:

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .export import unwrap_network
+
 __all__ = ["load_pretrained", "TRANSFER_MODES"]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def load_pretrained(
         logger.warning("No pretrained weights given (pretrained=None): the network keeps its random initialisation.")
         return network
     path = os.fspath(path)
-    model = _unwrap_module(network)
+    model = unwrap_network(network)
     source = _read_state_dict(path)
     target = model.state_dict()
     source = _rename_to_target(source, target)
@@ -135,13 +137,6 @@ def load_pretrained(
             f"{len(missing)} network tensor(s) in the {transfer} scope were not in the file and keep their "
             f"initialisation: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
-    return network
-
-
-def _unwrap_module(network: torch.nn.Module) -> torch.nn.Module:
-    """Return the wrapped module of DDP / DataParallel, else the network itself."""
-    if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        return network.module
     return network
 
 

@@ -113,9 +113,13 @@ class RandAnatomyLabel(RandomizableTransform):
         self.placer = OrganPlacer(
             self.bank, anchors=anchors, graph=topology, organs=organs, patch_size=patch_size, **placer_kwargs
         )
-        self.center_ids = [
-            self.bank.class_id(o) - 1 for o in self.bank.check_organs(center_organs or self.placer.order)
-        ]
+        center_ids = [self.bank.class_id(o) - 1 for o in self.bank.check_organs(center_organs or self.placer.order)]
+        anchors = self.placer.anchors
+        # per donor, the centre organs it has (all of them when it has none): computed once, drawn from per call
+        self.center_ids = {
+            donor: [i for i in center_ids if anchors.subject_position(i, donor) is not None] or center_ids
+            for donor in self.bank.subjects
+        }
         self.last_record: PlacementRecord | None = None
         self._center: np.ndarray | None = None
         self._donor: str | None = None
@@ -128,10 +132,9 @@ class RandAnatomyLabel(RandomizableTransform):
     def randomize(self, data=None) -> None:
         # Draw the donor first and centre on one of ITS organs: the donor's layout can sit far from the bank mean
         # (other field of view), and a patch centred on a mean anchor could then miss every organ.
-        bank, anchors = self.bank, self.placer.anchors
-        self._donor = bank.subjects[self.R.randint(len(bank.subjects))]
-        own = [i for i in self.center_ids if anchors.subject_position(i, self._donor) is not None] or self.center_ids
-        anchor = anchors.expected_position(own[self.R.randint(len(own))], None, self._donor)
+        self._donor = self.bank.subjects[self.R.randint(len(self.bank.subjects))]
+        own = self.center_ids[self._donor]
+        anchor = self.placer.anchors.expected_position(own[self.R.randint(len(own))], None, self._donor)
         self._center = anchor + self.R.uniform(-0.25, 0.25, size=3) * self.placer.extent_mm
 
     def __call__(self, data=None, randomize: bool = True) -> MetaTensor:
