@@ -5,12 +5,14 @@
 - :class:`WeightExportHandler`: when training completes, writes the whole network and its Swin encoder
   (see :mod:`synth_transforms.export`).
 - :class:`TrainingProgressBar`: ignite's progress bar showing the running loss.
+- :func:`every`: ignite's every-n-th-event filter, for ``StatsHandler(iteration_log=every(50))``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 from ignite.engine import Engine, Events
@@ -18,9 +20,16 @@ from ignite.handlers import ProgressBar
 
 from .export import ENCODER_FILENAME, NETWORK_FILENAME, export_weights
 
-__all__ = ["SyntheticEpochHandler", "WeightExportHandler", "TrainingProgressBar"]
+__all__ = ["SyntheticEpochHandler", "WeightExportHandler", "TrainingProgressBar", "every"]
 
 logger = logging.getLogger(__name__)
+
+
+def every(n: int) -> Callable[[Engine, int], bool]:
+    """Ignite's every-n-th-event filter, for ``iteration_log`` / ``epoch_log`` of MONAI handlers, with n checked."""
+    if int(n) < 1:
+        raise ValueError(f"every: n must be a positive integer, got {n!r}")
+    return Events.every_event_filter(int(n))
 
 
 class SyntheticEpochHandler:

@@ -21,7 +21,7 @@ from monai.networks.nets import SwinUNETR
 from monai.transforms import Compose, Randomizable, Transform
 
 import synth_transforms
-from synth_transforms.handlers import SyntheticEpochHandler, TrainingProgressBar, WeightExportHandler
+from synth_transforms.handlers import SyntheticEpochHandler, TrainingProgressBar, WeightExportHandler, every
 from synth_transforms.pretrained import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +214,13 @@ def test_progress_bar_reads_the_loss_of_a_monai_trainer_output():
     assert bar._loss([{"loss": torch.tensor(0.25), "pred": None}]) == {"loss": 0.25}
     assert bar._loss({"loss": 1.5}) == {"loss": 1.5}
     assert bar._loss([{"pred": None}]) == {}
+
+
+def test_every_filters_events():
+    keep = every(3)
+    assert [i for i in range(1, 10) if keep(None, i)] == [3, 6, 9]
+    with pytest.raises(ValueError, match="positive"):
+        every(0)
 
 
 # ---------------------------------------------------------------------- torchrun
