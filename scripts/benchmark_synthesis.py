@@ -18,17 +18,14 @@ the default bank's load time, the transform's construction time and the peak res
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
-import platform
 import resource
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import monai
 import numpy as np
 import torch
 import torchio as tio
@@ -45,6 +42,7 @@ from synth_transforms import (
     sample_seed,
 )
 from synth_transforms.io import write_json_atomic
+from synth_transforms.machine import machine_facts as shared_machine_facts
 
 log = logging.getLogger("benchmark_synthesis")
 
@@ -61,32 +59,9 @@ NO_CHECKS = "(the speed requirements are stated for 96^3 patches: not checked at
 
 
 # ---------------------------------------------------------------------- machine and statistics
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (``platform.processor()`` where that file is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_facts() -> dict:
-    """CPU, cores, library versions and the date, to store with the numbers."""
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "torchio": tio.__version__,
-        "numpy": np.__version__,
-        "synth_transforms": synth_transforms.__version__,
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    """The shared machine facts plus TorchIO's version, to store with the numbers."""
+    return {**shared_machine_facts(), "torchio": tio.__version__}
 
 
 def summarize(seconds: list[float]) -> dict:

@@ -36,6 +36,7 @@ from synth_transforms.export import (
     ENCODER_FILENAME,
     NETWORK_FILENAME,
     encoder_state_dict,
+    read_encoder_state,
     read_network_state,
     save_atomic,
 )
@@ -141,6 +142,7 @@ def release(
     bump: str = "minor",
     version: str | None = None,
     with_network: bool = False,
+    encoder: str | None = None,
 ) -> dict:
     """Release the weights of a training run; see the module docstring.
 
@@ -154,22 +156,28 @@ def release(
         bump: version part to increase (``major``, ``minor``, ``patch``) when ``version`` is not given.
         version: explicit new version, greater than the current one.
         with_network: also release the whole network (float32 ``model.pt``).
+        encoder: release an already exported encoder (``model_swinvit.pt``) instead of a whole network, e.g. when
+            only the encoder came back from the training machine; incompatible with ``with_network``.
 
     Returns:
         ``{"version", "files", "large_files", "metadata"}`` with the paths written.
     """
     if not base_url or not message:
         raise ValueError("release_weights: --base_url and --message are required")
-    if weights is None:
+    if encoder is not None and (weights is not None or with_network):
+        raise ValueError("release_weights: --encoder releases the encoder alone; drop --weights / --with_network")
+    if encoder is not None:
+        weights = encoder
+    elif weights is None:
         if run_dir is None:
-            raise ValueError("release_weights: give --run_dir (a training run's bundle_root) or --weights")
+            raise ValueError("release_weights: give --run_dir (a training run's bundle_root), --weights or --encoder")
         weights = str(Path(run_dir) / "models" / NETWORK_FILENAME)
     bundle_path = Path(bundle)
     metadata = json.loads((bundle_path / "configs" / "metadata.json").read_text())
     new_version = next_version(metadata["version"], bump, version)
     out = Path(release_dir) if release_dir else Path(run_dir or Path(weights).parent) / f"release-{new_version}"
 
-    state = read_network_state(weights)
+    state = read_encoder_state(encoder) if encoder is not None else read_network_state(weights)
     files = [save_atomic(encoder_state_dict(state, "float16"), out / ENCODER_FILENAME)]
     if with_network:
         files.append(save_atomic(state, out / NETWORK_FILENAME))

@@ -32,6 +32,7 @@ __all__ = [
     "export_network",
     "export_weights",
     "read_network_state",
+    "read_encoder_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -196,3 +197,34 @@ def read_network_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(name.startswith("module.") for name in obj):
         obj = {name[len("module.") :]: value for name, value in obj.items()}
     return dict(obj)
+
+
+def read_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an encoder file in the published layout (:func:`export_encoder`) back as ``swinViT.<name>`` tensors.
+
+    The result is what :func:`encoder_state_dict` takes, so an exported encoder can be re-released (say in float16)
+    when the whole network is not at hand.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not ``{"state_dict": {"module.<name>": tensor}}`` with a Swin patch embedding.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder weights {path}: file not found")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    expected = f"{_PUBLISHED_PREFIX}patch_embed.proj.weight"
+    if not isinstance(state, Mapping) or expected not in state:
+        found = list(state)[:3] if isinstance(state, Mapping) else type(obj).__name__
+        raise ValueError(
+            f"encoder weights {path}: expected {{'state_dict': {{'{expected}': ..., ...}}}} (the layout of "
+            f"{ENCODER_FILENAME}), found {found}"
+        )
+    tensors = {}
+    for name, tensor in state.items():
+        name = name.removeprefix(_PUBLISHED_PREFIX)
+        for new, old in _PUBLISHED_MLP_NAMES:
+            name = name.replace(old, new)
+        tensors[f"{ENCODER_ATTRIBUTE}.{name}"] = tensor
+    return tensors

@@ -5,7 +5,6 @@ subprocess runs are started together once per module (``cli_runs``); the other c
 (resume, interruption, argument checks) are tested in-process through ``cli.main``, the same fire front end.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _scripts import load_script
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
@@ -242,10 +242,7 @@ def test_bench_times_both_transforms(capsys):
 
 
 def test_demo_writes_preview_and_dataset(tmp_path, capsys):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
-    spec = importlib.util.spec_from_file_location("demo_script", script)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("demo")
     demo.main(["--out", str(tmp_path / "demo"), "--n", "2", "--patch_size", str(SMALL)])
     out = capsys.readouterr().out
     assert "preview.png" in out and "dataset.json" in out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _scripts import load_script
 from monai.apps.utils import HashCheckError
 from monai.bundle import download_large_files as monai_download_large_files
 from monai.networks.nets import SwinUNETR
@@ -35,12 +35,8 @@ BUNDLE = REPO / "bundles" / "anatomy_pretrain"
 SCRIPT = REPO / "scripts" / "release_weights.py"
 
 
-@functools.lru_cache(maxsize=1)
 def release_module():
-    spec = importlib.util.spec_from_file_location("release_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("release_weights")
 
 
 def tiny_swin(out_channels: int = 4, seed: int = 0) -> SwinUNETR:
@@ -224,6 +220,36 @@ def test_release_then_verified_download(tmp_path, http_folder):
     target.write_bytes(bytes(corrupted))
     with pytest.raises(HashCheckError, match="hash check of existing file failed"):
         monai_download_large_files(bundle_path=str(bundle))
+
+
+def test_release_from_an_exported_encoder_matches_the_release_from_the_network(tmp_path):
+    """Only the fp16 encoder comes back from a lent GPU machine: releasing it gives the same tensors."""
+    release = release_module()
+    network = tiny_swin()
+    run_dir = tmp_path / "run"
+    export_weights(network, run_dir / "models", encoder_dtype="float16")
+    results = {}
+    for source in ("network", "encoder"):
+        bundle = tmp_path / f"bundle_{source}"
+        shutil.copytree(BUNDLE, bundle)
+        kwargs = {"encoder": str(run_dir / "models" / "model_swinvit.pt")} if source == "encoder" else {}
+        results[source] = release.release(
+            run_dir=str(run_dir), base_url="http://example.invalid/w", message="m", bundle=str(bundle),
+            release_dir=str(tmp_path / f"release_{source}"), **kwargs,
+        )  # fmt: skip
+    from_network, from_encoder = (torch.load(r["files"][0], weights_only=True)["state_dict"] for r in results.values())
+    assert from_network.keys() == from_encoder.keys()
+    assert all(torch.equal(from_network[k], from_encoder[k]) for k in from_network)
+    assert from_encoder["module.patch_embed.proj.weight"].dtype == torch.float16
+
+    with pytest.raises(ValueError, match="--encoder releases the encoder alone"):
+        release.release(encoder="x.pt", with_network=True, base_url="u", message="m")
+    (tmp_path / "not_an_encoder.pt").parent.mkdir(exist_ok=True)
+    torch.save(network.state_dict(), tmp_path / "not_an_encoder.pt")
+    with pytest.raises(ValueError, match=r"not_an_encoder.pt: expected \{'state_dict'"):
+        release.release(encoder=str(tmp_path / "not_an_encoder.pt"), base_url="u", message="m", bundle=str(bundle))
+    with pytest.raises(FileNotFoundError, match="missing.pt: file not found"):
+        release.release(encoder=str(tmp_path / "missing.pt"), base_url="u", message="m", bundle=str(bundle))
 
 
 def test_repository_bundle_lists_no_weights_and_downloads_nothing(tmp_path):
