@@ -100,7 +100,7 @@ class Stage:
     config_files: list[str]
     overrides: dict
     root: Path
-    outputs: list[str]
+    outputs: list[str] = dataclasses.field(default_factory=list)
     needs: list[str] = dataclasses.field(default_factory=list)
     iterations: int | None = None
 
@@ -151,7 +151,7 @@ def plan_stages(settings: Settings, out: Path, dataset_dir: Path, datalist: Path
     """All stages in run order: two pre-trainings, then per regime, arm and seed a fine-tuning and its evaluation."""
     s = settings
     stages = []
-    epoch = min(500, s.pretrain_iterations)
+    epoch, iterations = min(500, s.pretrain_iterations), s.pretrain_iterations
     for kind, files in PRETRAIN_CONFIG_FILES.items():
         root = out / "pretrain" / kind
         overrides = {
@@ -163,15 +163,14 @@ def plan_stages(settings: Settings, out: Path, dataset_dir: Path, datalist: Path
             "export_encoder_dtype": "float16", "progress_bar": False,
         }  # fmt: skip
         outputs = [f"models/{ENCODER}"]
-        stages.append(
-            Stage(f"pretrain_{kind}", PRETRAIN_CONFIGS, files, overrides, root, outputs, [], s.pretrain_iterations)
-        )
+        stages.append(Stage(f"pretrain_{kind}", PRETRAIN_CONFIGS, files, overrides, root, outputs, [], iterations))
 
     max_epochs, epoch_length = epoch_plan(s.finetune_iterations)
     data = {"device": s.device, "dataset_dir": str(dataset_dir), "datalist": str(datalist)}
     network = {"feature_size": s.feature_size, "patch_size": [s.finetune_patch] * 3, "amp_dtype": s.amp_dtype}
     loading = {"num_workers": s.finetune_workers, "cache_rate": s.cache_rate}
     finetune_files = ["train.json", "msd_hippocampus.json"]
+    eval_files = [*finetune_files, "evaluate.json"]
     for regime, num_cases in s.regimes.items():
         for arm in ARMS:
             for seed in s.seeds:
@@ -188,19 +187,9 @@ def plan_stages(settings: Settings, out: Path, dataset_dir: Path, datalist: Path
                 if arm != "scratch":
                     overrides |= {"pretrained": str(out / "pretrain" / arm / "models" / ENCODER), "transfer": "encoder"}
                     needs = [f"pretrain_{arm}"]
-                outputs = ["models/model_final.pt"]
-                iterations = s.finetune_iterations
+                outputs, iterations, tune = ["models/model_final.pt"], s.finetune_iterations, f"finetune_{name}"
                 stages.append(
-                    Stage(
-                        f"finetune_{name}",
-                        FINETUNE_CONFIGS,
-                        finetune_files,
-                        overrides,
-                        root,
-                        outputs,
-                        needs,
-                        iterations,
-                    )
+                    Stage(tune, FINETUNE_CONFIGS, finetune_files, overrides, root, outputs, needs, iterations)
                 )
 
                 eval_root = out / "evaluate" / name
@@ -208,15 +197,16 @@ def plan_stages(settings: Settings, out: Path, dataset_dir: Path, datalist: Path
                     **data, **network, **loading, "seed": seed,
                     "checkpoint": str(root / "models" / "model_final.pt"), "output_dir": "$@bundle_root + '/metrics'",
                 }  # fmt: skip
-                files = [*finetune_files, "evaluate.json"]
-                outputs, needs = ["metrics/val_mean_dice_raw.csv"], [f"finetune_{name}"]
-                stages.append(Stage(f"evaluate_{name}", FINETUNE_CONFIGS, files, overrides, eval_root, outputs, needs))
+                outputs, needs = ["metrics/val_mean_dice_raw.csv"], [tune]
+                stages.append(
+                    Stage(f"evaluate_{name}", FINETUNE_CONFIGS, eval_files, overrides, eval_root, outputs, needs)
+                )
     return stages
 
 
-def record_path(out: Path, stage: Stage) -> Path:
-    """Where a stage's record (command, exit status, wall time, start and finish) is written."""
-    return out / "stages" / f"{stage.name}.json"
+def record_path(out: Path, name: str) -> Path:
+    """Where the record of stage ``name`` (command, exit status, wall time, start and finish) is written."""
+    return out / "stages" / f"{name}.json"
 
 
 def is_done(out: Path, stage: Stage) -> bool:
@@ -231,7 +221,8 @@ def is_done(out: Path, stage: Stage) -> bool:
 
 
 def read_record(out: Path, name: str) -> dict | None:
-    path = out / "stages" / f"{name}.json"
+    """The record of stage ``name``, or None before it first ran."""
+    path = record_path(out, name)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -270,7 +261,7 @@ class StageRunner:
             "wall_s": round(wall, 1), "iterations": stage.iterations, "started": started_at, "finished": utc_now(),
             "command": stage.command(),
         }  # fmt: skip
-        write_json_atomic(record_path(self.out, stage), record)
+        write_json_atomic(record_path(self.out, stage.name), record)
         log = self.out / "logs" / f"{stage.name}.log"
         if not ok:
             tail = log.read_text(errors="replace")[-3000:]
@@ -286,7 +277,7 @@ class StageRunner:
         todo = [stage for stage in selected if not is_done(self.out, stage)]
         for stage in selected:
             if stage not in todo:
-                print(f"[{utc_now()}] skip  {stage.name} (done: {record_path(self.out, stage)})", flush=True)
+                print(f"[{utc_now()}] skip  {stage.name} (done: {record_path(self.out, stage.name)})", flush=True)
         pending = {stage.name for stage in todo}
         for stage in todo:
             for need in stage.needs:
@@ -326,7 +317,7 @@ def read_dice(csv_path: Path) -> dict[str, float]:
 
 def summarise(settings: Settings, out: Path, stages: Sequence[Stage], labels: dict[str, str]) -> dict:
     """Collect every finished evaluation and stage record into one results dictionary."""
-    records = {s.name: json.loads(record_path(out, s).read_text()) for s in stages if record_path(out, s).is_file()}
+    records = {s.name: record for s in stages if (record := read_record(out, s.name)) is not None}
     results: dict[str, dict] = {}
     for regime in settings.regimes:
         for arm in ARMS:
