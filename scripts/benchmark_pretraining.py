@@ -146,11 +146,17 @@ def config_files(data: str) -> list[str]:
     return [str(CONFIGS / "train.json")] + [str(CONFIGS / name) for name in DATA_CONFIGS[data]]
 
 
-def disabled_handler_overrides(files: list[str], overrides: dict) -> dict:
-    """``train#handlers#<i>#_disabled_: True`` for each handler whose ``_target_`` ends in a DISABLED_HANDLERS name."""
+def parsed(files: list[str], overrides: dict) -> ConfigParser:
+    """The bundle config of ``files`` with ``overrides`` applied."""
     parser = ConfigParser()
     parser.read_config(files)
     parser.update(overrides)
+    return parser
+
+
+def disabled_handler_overrides(files: list[str], overrides: dict) -> dict:
+    """``train#handlers#<i>#_disabled_: True`` for each handler whose ``_target_`` ends in a DISABLED_HANDLERS name."""
+    parser = parsed(files, overrides)
     out = {}
     for i, handler in enumerate(parser["train#handlers"]):
         target = str(handler.get("_target_", "")) if isinstance(handler, dict) else ""
@@ -243,9 +249,7 @@ def measure_data(files: list[str], overrides: dict, warmup: int, batches: int) -
     Worker processes deliver batches in rounds of ``num_workers``; the warm-up and the timed batches are rounded up
     to whole rounds, so the timed window starts after a round has arrived and does not count buffered batches.
     """
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser.update(overrides)
+    parser = parsed(files, overrides)
     workers = int(parser.get_parsed_content("num_workers"))
     round_size = max(1, workers)
     warmup = round_size * math.ceil(max(1, warmup) / round_size)
@@ -263,7 +267,7 @@ def measure_data(files: list[str], overrides: dict, warmup: int, batches: int) -
         "status": "ok",
         "num_workers": workers,
         "batch_size": int(parser.get_parsed_content("batch_size")),
-        "pin_memory": bool(parser.get_parsed_content("train#dataloader").pin_memory),
+        "pin_memory": bool(loader.pin_memory),
         "warmup_batches": warmup,
         "batches": batches,
         "samples": samples,
@@ -425,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix=".bundle_root_", dir=out))
     try:
         base = measurement_overrides(files, args.bundle_overrides, scratch / "data_only", total)
-        base_parser = _parsed(files, base)
+        base_parser = parsed(files, base)
         device = torch.device(base_parser.get_parsed_content("device"))
         variant_keys = ("amp", "amp_dtype", "compile")  # recorded per variant
         result["settings"] = {k: v for k, v in bundle_settings(base_parser).items() if k not in variant_keys}
@@ -465,13 +469,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     log.info("wrote %s and %s", out / "throughput.json", out / "throughput.md")
     return result
-
-
-def _parsed(files: list[str], overrides: dict) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser.update(overrides)
-    return parser
 
 
 def _release(device: torch.device, compiled: bool) -> None:

@@ -230,6 +230,17 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclasses.dataclass
+class RunningStage:
+    """A stage started by :class:`StageRunner`: its process, the folder it fills and when it started."""
+
+    stage: Stage
+    process: subprocess.Popen
+    partial: Path
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    started_at: str = dataclasses.field(default_factory=utc_now)
+
+
 class StageRunner:
     """Runs stages as subprocesses, ``jobs`` at a time, each once its prerequisites are done."""
 
@@ -238,19 +249,20 @@ class StageRunner:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "stages").mkdir(parents=True, exist_ok=True)
 
-    def start(self, stage: Stage) -> tuple[subprocess.Popen, Path, float, str]:
+    def start(self, stage: Stage) -> RunningStage:
         partial = stage.root.with_name(stage.root.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        command = stage.command(partial)
-        log = open(self.out / "logs" / f"{stage.name}.log", "w")
         print(f"[{utc_now()}] start {stage.name}", flush=True)
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out)
-        log.close()
-        return process, partial, time.perf_counter(), utc_now()
+        with open(self.out / "logs" / f"{stage.name}.log", "w") as log:
+            process = subprocess.Popen(
+                stage.command(partial), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
+            )
+        return RunningStage(stage, process, partial)
 
-    def finish(self, stage: Stage, process: subprocess.Popen, partial: Path, started: float, started_at: str) -> None:
-        wall = time.perf_counter() - started
+    def finish(self, run: RunningStage) -> None:
+        stage, process, partial = run.stage, run.process, run.partial
+        wall = time.perf_counter() - run.started
         missing = [name for name in stage.outputs if not (partial / name).is_file()]
         ok = process.returncode == 0 and not missing
         if ok:
@@ -258,7 +270,7 @@ class StageRunner:
             partial.rename(stage.root)
         record = {
             "stage": stage.name, "ok": ok, "returncode": process.returncode, "missing_outputs": missing,
-            "wall_s": round(wall, 1), "iterations": stage.iterations, "started": started_at, "finished": utc_now(),
+            "wall_s": round(wall, 1), "iterations": stage.iterations, "started": run.started_at, "finished": utc_now(),
             "command": stage.command(),
         }  # fmt: skip
         write_json_atomic(record_path(self.out, stage.name), record)
@@ -272,42 +284,46 @@ class StageRunner:
         print(f"[{utc_now()}] done  {stage.name} in {wall:.1f} s", flush=True)
 
     def run(self, stages: Sequence[Stage], selected: Sequence[Stage]) -> None:
-        """Run ``selected`` (skipping those already done); prerequisites outside the selection must be done."""
+        """Run ``selected`` in order, skipping those already done unless a prerequisite runs again before them;
+        prerequisites outside the selection must be done."""
         by_name = {stage.name: stage for stage in stages}
-        todo = [stage for stage in selected if not is_done(self.out, stage)]
+        todo: list[Stage] = []
+        pending: set[str] = set()  # names of the stages to run that have not finished yet
         for stage in selected:
-            if stage not in todo:
+            if is_done(self.out, stage) and not pending.intersection(stage.needs):
                 print(f"[{utc_now()}] skip  {stage.name} (done: {record_path(self.out, stage.name)})", flush=True)
-        pending = {stage.name for stage in todo}
+                continue
+            todo.append(stage)
+            pending.add(stage.name)
         for stage in todo:
             for need in stage.needs:
                 if need not in pending and not is_done(self.out, by_name[need]):
                     raise RuntimeError(f"stage {stage.name} needs stage {need} first: run it (--only '{need}')")
-        running: list[tuple[Stage, tuple]] = []
+        running: list[RunningStage] = []
         try:
             while todo or running:
-                ready = [s for s in todo if all(n not in pending or is_done(self.out, by_name[n]) for n in s.needs)]
+                ready = [s for s in todo if not pending.intersection(s.needs)]
                 while ready and len(running) < self.jobs:
                     stage = ready.pop(0)
                     todo.remove(stage)
-                    running.append((stage, self.start(stage)))
+                    running.append(self.start(stage))
                 if not running:
                     raise RuntimeError(f"stages {[s.name for s in todo]} wait on prerequisites that cannot finish")
                 time.sleep(0.2)
-                for item in [item for item in running if item[1][0].poll() is not None]:
-                    running.remove(item)
-                    stage, handle = item
-                    self.finish(stage, *handle)
+                for run in [run for run in running if run.process.poll() is not None]:
+                    running.remove(run)
+                    self.finish(run)
+                    pending.discard(run.stage.name)
         finally:
-            for _, (process, *_rest) in running:
-                process.kill()
-                process.wait()
+            for run in running:
+                run.process.kill()
+                run.process.wait()
 
 
 def read_dice(csv_path: Path) -> dict[str, float]:
     """Mean Dice per class over the cases of MONAI's ``val_mean_dice_raw.csv`` (``class0`` is label 1)."""
-    text = Path(csv_path).read_text()
-    rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ","))
+    lines = Path(csv_path).read_text().splitlines()
+    rows = list(csv.DictReader(lines, delimiter="\t" if "\t" in lines[0] else ","))
     if not rows:
         raise ValueError(f"{csv_path}: no evaluated cases")
     classes = [key for key in rows[0] if key.startswith("class")]

@@ -105,7 +105,7 @@ def test_measurement_disables_validation_checkpoints_and_export(tmp_path):
     overrides = module.measurement_overrides(files, {"num_workers": 3}, tmp_path, 7)
     assert overrides["bundle_root"] == str(tmp_path) and overrides["num_workers"] == 3
     assert overrides["num_iterations"] == overrides["iterations_per_epoch"] == 7
-    parser = module._parsed(files, overrides)
+    parser = module.parsed(files, overrides)
     disabled = {h["_target_"].rsplit(".", 1)[-1] for h in parser["train#handlers"] if h.get("_disabled_") is True}
     assert disabled == set(module.DISABLED_HANDLERS)
 

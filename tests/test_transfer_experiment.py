@@ -131,6 +131,12 @@ def test_runner_orders_by_prerequisites_and_refuses_missing_ones(tmp_path):
     module.StageRunner(tmp_path, jobs=2).run([first, second], [second, first])
     assert float((second.root / "out.txt").read_text()) > float((first.root / "out.txt").read_text())
 
+    # a prerequisite that runs again makes its done dependants run again in the same call
+    (tmp_path / "stages" / "first.json").unlink()
+    stamp = (second.root / "out.txt").read_text()
+    module.StageRunner(tmp_path, jobs=2).run([first, second], [first, second])
+    assert (second.root / "out.txt").read_text() != stamp and module.is_done(tmp_path, second)
+
     lonely = python_stage("lonely", tmp_path / "w" / "lonely", write.format(0), outputs=["out.txt"], needs=["absent"])
     absent = python_stage("absent", tmp_path / "w" / "absent", write.format(0), outputs=["out.txt"])
     with pytest.raises(RuntimeError, match=r"stage lonely needs stage absent first"):
