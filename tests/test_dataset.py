@@ -122,6 +122,15 @@ def test_primitive_dataset():
     assert int(direct[0]["label"].max()) <= 32
 
 
+def test_sample_is_the_transform_seeded_from_seed_epoch_index():
+    """The contract in one line: sample i = transform.set_random_state(sample_seed(seed, epoch, i))({})."""
+    ds = SyntheticDataset(RandPrimitiveSynthd(patch_size=PATCH), 4, seed=2, epoch=1)
+    fresh = RandPrimitiveSynthd(patch_size=PATCH)
+    for i in (3, 0):
+        assert _same(ds[i], fresh.set_random_state(seed=sample_seed(2, 1, i))({}))
+        assert _same(ds.transform({}, randomize=False), ds[i])  # the transform replays the sample it just made
+
+
 def test_sample_seed():
     seeds = {sample_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}
     assert len(seeds) == 3 * 3 * 50
