@@ -41,6 +41,7 @@ from synth_transforms import (
     SyntheticDataset,
     sample_seed,
 )
+from synth_transforms._args import as_size3, check_output_file
 from synth_transforms.io import write_json_atomic
 from synth_transforms.machine import machine_facts as shared_machine_facts
 
@@ -297,11 +298,7 @@ def text_summary(result: dict) -> str:
 # ---------------------------------------------------------------------- main
 def patch_size_arg(values: list[int]) -> tuple[int, int, int]:
     """``--patch_size`` as three sizes: one value is used for every axis."""
-    if len(values) == 1:
-        return (values[0],) * 3
-    if len(values) == 3:
-        return tuple(values)
-    raise SystemExit(f"--patch_size takes 1 or 3 integers, got {values}")
+    return as_size3(values[0] if len(values) == 1 else values, "--patch_size")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -318,7 +315,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1 or args.warmup < 0 or args.workers < 0 or args.batch_size < 1 or args.repeats < 1:
         parser.error("need --n >= 1, --warmup >= 0, --workers >= 0, --batch_size >= 1, --repeats >= 1")
-    args.patch_size = patch_size_arg(args.patch_size)
+    try:  # checked before any work: a bad size or an unwritable --json ends here, in one line
+        args.patch_size = patch_size_arg(args.patch_size)
+        if args.json is not None:
+            check_output_file(args.json, "--json")
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

@@ -39,7 +39,7 @@ from .transforms import (
     RandShellRenderDict,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "DEFAULT_RELATIVE_ANCHORS",

@@ -21,7 +21,9 @@ __all__ = [
     "is_real",
     "as_size3",
     "check_positive_int",
+    "check_int_range",
     "check_non_negative",
+    "check_positive",
     "check_fraction",
     "check_range",
     "check_bool",
@@ -76,17 +78,39 @@ def as_size3(
     return size
 
 
-def check_positive_int(value: object, name: str, owner: str | None = None, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (default 1); ``2.7``, ``2.0`` and ``True`` are refused."""
-    if not is_int(value) or value < minimum:
-        raise fail(name, f"an integer >= {minimum}", value, owner)
+def check_positive_int(
+    value: object, name: str, owner: str | None = None, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """An integer >= ``minimum`` (default 1) and <= ``maximum`` if given; ``2.7``, ``2.0`` and ``True`` are refused."""
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
+    if not is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        raise fail(name, expected, value, owner)
     return int(value)
+
+
+def check_int_range(value: object, name: str, owner: str | None = None, minimum: int = 1) -> tuple[int, int]:
+    """An inclusive integer range ``(low, high)``, ``minimum <= low <= high``; one integer ``n`` means ``(n, n)``."""
+    expected = f"an integer >= {minimum} or an inclusive range (low, high) with {minimum} <= low <= high"
+    pair = (value, value) if is_int(value) else value
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)) or len(pair) != 2:
+        raise fail(name, expected, value, owner)
+    low, high = pair
+    if not (is_int(low) and is_int(high)) or not minimum <= low <= high:
+        raise fail(name, expected, value, owner)
+    return int(low), int(high)
 
 
 def check_non_negative(value: object, name: str, owner: str | None = None) -> float:
     """A finite real number >= 0."""
     if not is_real(value) or value < 0:
         raise fail(name, "a number >= 0", value, owner)
+    return float(value)
+
+
+def check_positive(value: object, name: str, owner: str | None = None) -> float:
+    """A finite real number > 0."""
+    if not is_real(value) or value <= 0:
+        raise fail(name, "a number > 0", value, owner)
     return float(value)
 
 
@@ -104,11 +128,16 @@ def check_range(
     low: float | None = None,
     high: float | None = None,
     strict_low: bool = False,
+    of: str | None = None,
 ) -> tuple[float, float]:
-    """A pair ``(a, b)`` with ``low <= a <= b <= high`` (``low < a`` with ``strict_low``); bounds None are open."""
+    """A pair ``(a, b)`` with ``low <= a <= b <= high`` (``low < a`` with ``strict_low``); bounds None are open.
+
+    ``of`` says what the numbers are, in the message (``"fractions of the patch edge"``).
+    """
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
-    expected = f"a pair (low, high) with {lo} {'<' if strict_low else '<='} low <= high <= {hi}"
+    what = f"a pair (low, high) of {of}" if of else "a pair (low, high)"
+    expected = f"{what} with {lo} {'<' if strict_low else '<='} low <= high <= {hi}"
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != 2:
         raise fail(name, expected, value, owner)
     a, b = value

@@ -11,7 +11,7 @@ import monai
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 
 __all__ = ["cpu_model", "machine_facts", "device_name"]
 

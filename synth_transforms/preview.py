@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ._args import check_fraction, check_positive_int
 from .io import atomic_path
 from .topology import ADJACENT, DISJOINT, INSIDE, TopologyGraph
 
@@ -126,8 +127,7 @@ def sample_montage(
     """
     if not samples:
         raise ValueError("sample_montage: no samples to draw")
-    if zoom < 1 or not 0 <= alpha <= 1:
-        raise ValueError(f"sample_montage: zoom must be >= 1 and alpha in [0, 1], got {zoom}, {alpha}")
+    zoom, alpha = check_positive_int(zoom, "zoom", "sample_montage"), check_fraction(alpha, "alpha", "sample_montage")
     pairs = [(_squeeze(img), _squeeze(lab)) for img, lab in samples]
     if num_classes is None:
         num_classes = len(class_names) if class_names else int(max(lab.max() for _, lab in pairs)) + 1

@@ -9,12 +9,13 @@ latest solid covering it. Only the label map is made here; the image comes from 
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._args import as_size3, check_fraction, check_int_range, check_positive_int, check_range
 
 __all__ = [
     "NUM_PRIMITIVE_CLASSES",
@@ -22,6 +23,7 @@ __all__ = [
     "PRIMITIVE_PROFILES",
     "PRIMITIVE_SECTIONS",
     "primitive_label_map",
+    "validate_arguments",
 ]
 
 PRIMITIVE_SECTIONS: tuple[str, ...] = ("ellipse",) + tuple(f"{n}-gon" for n in range(3, 10))
@@ -92,7 +94,7 @@ class _Placement:
 
 def primitive_label_map(
     rng: np.random.RandomState,
-    patch_size: Sequence[int] = (96, 96, 96),
+    patch_size: int | Sequence[int] = (96, 96, 96),
     num_shapes: int | tuple[int, int] = 20,
     num_classes: int = 32,
     max_overlap: float = 0.7,
@@ -109,7 +111,7 @@ def primitive_label_map(
 
     Args:
         rng: source of all randomness; the same state gives the same map, bit for bit.
-        patch_size: spatial shape ``(H, W, D)`` of the output.
+        patch_size: spatial shape ``(H, W, D)`` of the output (one integer: a cube).
         num_shapes: number of solids to insert, or an inclusive ``(low, high)`` range drawn per call.
         num_classes: number of classes used, 1..32 (the first ``num_classes`` of ``PRIMITIVE_CLASSES``).
         max_overlap: largest accepted fraction of a candidate's volume that lies on already placed solids.
@@ -129,7 +131,7 @@ def primitive_label_map(
 
 def _place_primitives(
     rng: np.random.RandomState,
-    patch_size: Sequence[int] = (96, 96, 96),
+    patch_size: int | Sequence[int] = (96, 96, 96),
     num_shapes: int | tuple[int, int] = 20,
     num_classes: int = 32,
     max_overlap: float = 0.7,
@@ -142,7 +144,7 @@ def _place_primitives(
     Args:
         track_instances: also fill ``_Placement.instances`` (costs an extra canvas); otherwise it is ``None``.
     """
-    shape, (low, high) = _validate(patch_size, num_shapes, num_classes, max_overlap, size_range, max_tries)
+    shape, (low, high) = validate_arguments(patch_size, num_shapes, num_classes, max_overlap, size_range, max_tries)
     size_range = (float(size_range[0]), float(size_range[1]))
     instances = np.zeros(shape, np.int32) if track_instances else None
     placement = _Placement(np.zeros(shape, np.uint8), instances, [], [])
@@ -312,70 +314,30 @@ def _profile_scale(profile: str, t: np.ndarray) -> np.ndarray | float:
 # -------------------------------------------------------------------------------------------------- validation
 
 
-def _validate(
-    patch_size: Sequence[int],
-    num_shapes: int | tuple[int, int],
-    num_classes: int,
-    max_overlap: float,
-    size_range: tuple[float, float],
-    max_tries: int,
+def validate_arguments(
+    patch_size: int | Sequence[int] = (96, 96, 96),
+    num_shapes: int | tuple[int, int] = 20,
+    num_classes: int = NUM_PRIMITIVE_CLASSES,
+    max_overlap: float = 0.7,
+    size_range: tuple[float, float] = (0.15, 0.45),
+    max_tries: int = 10,
+    owner: str | None = "primitive_label_map",
 ) -> tuple[tuple[int, int, int], tuple[int, int]]:
-    """Check the arguments of :func:`primitive_label_map`; return the patch shape and the shape-count range."""
-    shape = _validate_patch_size(patch_size)
-    count_range = _validate_num_shapes(num_shapes)
-    if not _is_int(num_classes) or not 1 <= num_classes <= NUM_PRIMITIVE_CLASSES:
-        raise ValueError(f"num_classes must be an integer in 1..{NUM_PRIMITIVE_CLASSES}, got {num_classes!r}.")
-    if not _is_real(max_overlap) or not 0.0 <= max_overlap <= 1.0:
-        raise ValueError(f"max_overlap must be a number in [0, 1], got {max_overlap!r}.")
-    _validate_size_range(size_range)
-    if not _is_int(max_tries) or max_tries < 1:
-        raise ValueError(f"max_tries must be a positive integer, got {max_tries!r}.")
+    """Check the arguments of :func:`primitive_label_map` (defaults the same) without drawing anything.
+
+    Args:
+        owner: who the arguments belong to, in messages (a transform that passes them on names itself).
+
+    Returns:
+        The patch shape ``(H, W, D)`` and the inclusive shape-count range ``(low, high)``.
+
+    Raises:
+        ValueError: naming the argument, what was expected and the value given.
+    """
+    shape = as_size3(patch_size, "patch_size", owner)
+    count_range = check_int_range(num_shapes, "num_shapes", owner)
+    check_positive_int(num_classes, "num_classes", owner, maximum=NUM_PRIMITIVE_CLASSES)
+    check_fraction(max_overlap, "max_overlap", owner)
+    check_range(size_range, "size_range", owner, low=0.0, high=1.0, strict_low=True, of="fractions of the patch edge")
+    check_positive_int(max_tries, "max_tries", owner)
     return shape, count_range
-
-
-def _validate_patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
-    if (
-        not isinstance(patch_size, Sequence | np.ndarray)
-        or len(patch_size) != 3
-        or not all(_is_int(s) and s > 0 for s in patch_size)
-    ):
-        raise ValueError(f"patch_size must be a sequence of 3 positive integers (H, W, D), got {patch_size!r}.")
-    return tuple(int(s) for s in patch_size)
-
-
-def _validate_num_shapes(num_shapes: int | tuple[int, int]) -> tuple[int, int]:
-    if _is_int(num_shapes):
-        if num_shapes < 1:
-            raise ValueError(f"num_shapes must be at least 1, got {num_shapes!r}.")
-        return int(num_shapes), int(num_shapes)
-    if (
-        isinstance(num_shapes, Sequence)
-        and len(num_shapes) == 2
-        and all(_is_int(n) for n in num_shapes)
-        and 1 <= num_shapes[0] <= num_shapes[1]
-    ):
-        return int(num_shapes[0]), int(num_shapes[1])
-    raise ValueError(
-        f"num_shapes must be a positive integer or an inclusive range (low, high) with 1 <= low <= high, "
-        f"got {num_shapes!r}."
-    )
-
-
-def _validate_size_range(size_range: tuple[float, float]) -> None:
-    if (
-        not isinstance(size_range, Sequence)
-        or len(size_range) != 2
-        or not all(_is_real(s) for s in size_range)
-        or not 0.0 < size_range[0] <= size_range[1] <= 1.0
-    ):
-        raise ValueError(
-            f"size_range must be (low, high) fractions of the patch edge with 0 < low <= high <= 1, got {size_range!r}."
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ._args import check_choice, check_int_range, check_positive_int, check_range, fail
+
 __all__ = ["render_label", "contour_shell", "RENDER_MODES"]
 
 RENDER_MODES = ("shell", "fill", "mixed")
+_OWNER = "render_label"
 
 
 def contour_shell(label: torch.Tensor, thickness: int = 1) -> torch.Tensor:
@@ -29,8 +32,7 @@ def contour_shell(label: torch.Tensor, thickness: int = 1) -> torch.Tensor:
     Returns:
         ``(H, W, D)`` boolean shell mask.
     """
-    if thickness < 1:
-        raise ValueError(f"thickness must be >= 1, got {thickness}")
+    check_positive_int(thickness, "thickness", "contour_shell")
     edge = torch.zeros(label.shape, dtype=torch.bool)
     for axis in range(3):
         n = label.shape[axis]
@@ -66,7 +68,7 @@ def render_label(
         rng: random state; every random draw of the call comes from it.
         num_classes: number of classes including background (default: ``label.max() + 1``).
         mode: ``"shell"`` (contours only), ``"fill"`` (whole organs) or ``"mixed"`` (contours + faint fill).
-        thickness: inclusive range of the shell thickness in voxels (one value per sample).
+        thickness: inclusive range of the shell thickness in voxels (one value per sample; one integer: fixed).
         intensity_range: range of the per-organ intensities (shells in shell/mixed, organs in fill mode).
         fill_range: for ``mixed``, the interior fill as a fraction of the organ's own shell intensity.
         blur_sigma: range of the Gaussian blur sigma in voxels (0 = none).
@@ -75,16 +77,15 @@ def render_label(
 
     Returns:
         ``(H, W, D)`` float32 image in [0, 1].
+
+    Raises:
+        ValueError: if an argument is out of range (naming it, what was expected and the value given).
     """
-    if mode not in RENDER_MODES:
-        raise ValueError(f"mode must be one of {RENDER_MODES}, got {mode!r}")
-    for name, (low, high) in [("intensity_range", intensity_range), ("fill_range", fill_range)]:
-        if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"{name} must satisfy 0 <= low <= high <= 1, got {(low, high)}")
-    if not 1 <= thickness[0] <= thickness[1]:
-        raise ValueError(f"thickness must satisfy 1 <= low <= high, got {thickness}")
+    thickness = _check_render_arguments(
+        mode, thickness, intensity_range, fill_range, blur_sigma, bias_strength, noise_std
+    )
     if label.ndim != 3:
-        raise ValueError(f"label must be a 3D (H, W, D) map, got shape {tuple(label.shape)}")
+        raise fail("label", "a 3D (H, W, D) map", tuple(label.shape), _OWNER)
     n = int(num_classes) if num_classes is not None else int(label.max()) + 1
     organ_level = torch.from_numpy(rng.uniform(*intensity_range, size=n).astype(np.float32))
     organ_level[0] = 0.0
@@ -110,6 +111,17 @@ def render_label(
     if std > 0:
         image.add_(_gaussian_noise(image.shape, rng), alpha=float(std))
     return image.clamp_(0.0, 1.0)
+
+
+def _check_render_arguments(mode, thickness, intensity_range, fill_range, blur_sigma, bias_strength, noise_std):
+    """Refuse a bad argument of :func:`render_label` before any drawing; return the thickness range."""
+    check_choice(mode, "mode", RENDER_MODES, _OWNER)
+    thickness = check_int_range(thickness, "thickness", _OWNER, minimum=1)
+    for name, value in [("intensity_range", intensity_range), ("fill_range", fill_range)]:
+        check_range(value, name, _OWNER, low=0.0, high=1.0)
+    for name, value in [("blur_sigma", blur_sigma), ("bias_strength", bias_strength), ("noise_std", noise_std)]:
+        check_range(value, name, _OWNER, low=0.0)
+    return thickness
 
 
 _NOISE_TABLE_SIZE = 1 << 22

@@ -8,8 +8,10 @@ from synth_transforms._args import (
     check_bool,
     check_choice,
     check_fraction,
+    check_int_range,
     check_output_dir,
     check_output_file,
+    check_positive,
     check_positive_int,
     check_range,
 )
@@ -61,3 +63,20 @@ def test_output_paths(tmp_path):
     with pytest.raises(ValueError, match="writable folder"):
         check_output_dir("/proc/synth_out")  # procfs: no file can be created there, even as root
     assert not list(tmp_path.glob(".write_probe_*"))
+
+
+def test_integer_ranges_and_positive_numbers():
+    assert check_int_range(3, "num_shapes") == (3, 3)
+    assert check_int_range((np.int64(2), 5), "num_shapes") == (2, 5)
+    for bad in ((0, 3), (5, 2), (1, 2, 3), (1.0, 2), 2.5, "3", True):
+        with pytest.raises(ValueError, match=r"^f: num_shapes must be an integer >= 1 or an inclusive range"):
+            check_int_range(bad, "num_shapes", owner="f")
+    assert check_positive_int(32, "k", maximum=32) == 32
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.32, got 33"):
+        check_positive_int(33, "k", maximum=32)
+    assert check_positive(np.float32(0.5), "spacing") == 0.5
+    for bad in (0, -1.5, float("inf"), "1.5"):
+        with pytest.raises(ValueError, match="spacing must be a number > 0"):
+            check_positive(bad, "spacing")
+    with pytest.raises(ValueError, match=r"s must be a pair \(low, high\) of fractions of the edge with 0 < low"):
+        check_range((0, 0.5), "s", low=0, high=1, strict_low=True, of="fractions of the edge")

@@ -19,6 +19,7 @@ from monai.data import load_decathlon_datalist
 from PIL import Image
 
 from synth_transforms import RandAnatomySynthd, ShapeBank, SyntheticDataset, TopologyGraph, cli, load_bank
+from synth_transforms.generate import generate_dataset
 
 CLASS_MAP = {"1": "box", "2": "ball", "5": "rod"}
 SMALL = 32  # patch edge of the in-process generate tests
@@ -64,6 +65,7 @@ def cli_procs(workdir):
         "validate": "validate --n 6 --patch_size 48 --json {dir}/report.json --workers 0 --progress False",
         "missing_class_map": "bank build --label_maps {maps} --class_map {dir}/no_such_map.json --organs box "
         "--out {dir}/x.npz",
+        "float_patch_size": "generate --out {dir}/float_gen --n 2 --patch_size 96.0",
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logs = workdir / "logs"
@@ -107,7 +109,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory):
     """An uninterrupted generate run of 4 small pairs."""
     out = tmp_path_factory.mktemp("reference") / "data"
-    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
     return out
 
 
@@ -125,12 +127,12 @@ def test_generated_pairs_are_the_dataset_samples(reference):
 
 def test_resume_recreates_a_deleted_pair_identically(reference, tmp_path):
     out = tmp_path / "data"
-    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
     assert _tree_bytes(out) == _tree_bytes(reference)  # another folder, same bytes
     kept = out / "imagesTr" / "synth_00000.nii.gz"
     mtime = kept.stat().st_mtime_ns
     (out / "labelsTr" / "synth_00002.nii.gz").unlink()
-    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
     assert _tree_bytes(out) == _tree_bytes(reference)
     assert kept.stat().st_mtime_ns == mtime  # complete pairs are skipped, not rewritten
 
@@ -149,28 +151,28 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(reference, tmp_path,
 
     monkeypatch.setattr(nib, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+        generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
     monkeypatch.setattr(nib, "save", real_save)
     names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     # no temporary file, no partial label of pair 1, no dataset.json yet
     assert names == {"synth_args.json", *(f"{d}/synth_00000.nii.gz" for d in ("imagesTr", "labelsTr"))} | {
         "imagesTr/synth_00001.nii.gz"
     }
-    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
+    generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=0, progress=False)
     assert _tree_bytes(out) == _tree_bytes(reference)
 
 
 def test_worker_processes_give_the_same_bytes(reference, tmp_path):
     out = tmp_path / "data"
-    cli.generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=2, progress=False)
+    generate_dataset(out, n=4, seed=3, patch_size=SMALL, workers=2, progress=False)
     assert _tree_bytes(out) == _tree_bytes(reference)
 
 
 def test_resume_with_other_arguments_is_refused(reference, tmp_path, capsys):
     out = tmp_path / "data"
-    cli.generate_dataset(out, n=2, seed=3, patch_size=SMALL, workers=0, progress=False)
+    generate_dataset(out, n=2, seed=3, patch_size=SMALL, workers=0, progress=False)
     with pytest.raises(ValueError, match=r"seed: was 3, now 4"):
-        cli.generate_dataset(out, n=2, seed=4, patch_size=SMALL, workers=0, progress=False)
+        generate_dataset(out, n=2, seed=4, patch_size=SMALL, workers=0, progress=False)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", "--out", str(out), "--n", "2", "--patch_size", "48", "--seed", "3"])
     assert exit_info.value.code == 2
@@ -180,11 +182,11 @@ def test_resume_with_other_arguments_is_refused(reference, tmp_path, capsys):
 def test_folder_not_made_by_generate_is_refused(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     with pytest.raises(ValueError, match="synth_args.json"):
-        cli.generate_dataset(tmp_path, n=1, patch_size=SMALL, progress=False)
+        generate_dataset(tmp_path, n=1, patch_size=SMALL, progress=False)
 
 
 def test_primitive_dataset_names_the_primitive_classes(tmp_path):
-    dataset_json = cli.generate_dataset(tmp_path / "prim", n=1, patch_size=SMALL, primitives=True, progress=False)
+    dataset_json = generate_dataset(tmp_path / "prim", n=1, patch_size=SMALL, primitives=True, progress=False)
     meta = json.loads(dataset_json.read_text())
     assert len(meta["labels"]) == 33 and meta["labels"]["1"] == "ellipse concave"
     assert json.loads((tmp_path / "prim" / "synth_args.json").read_text())["bank"] is None
@@ -217,14 +219,72 @@ def test_graph_text_json_and_png(tmp_path, capsys):
     assert exit_info.value.code == 2 and ".json or .png" in capsys.readouterr().err
 
 
-def test_label_maps_by_glob_folder_and_list(workdir):
+def test_label_maps_by_glob_folder_and_list(workdir, tmp_path):
     maps = workdir / "maps"
     expected = [maps / "sub1" / "labels.nii.gz", maps / "sub2" / "labels.nii.gz"]
     assert cli._resolve_label_maps(str(maps)) == expected
     assert cli._resolve_label_maps(f"{maps}/*/labels.nii.gz") == expected
     assert cli._resolve_label_maps(tuple(str(p) for p in expected)) == expected
+    assert cli._resolve_label_maps(",".join(str(p) for p in expected)) == expected  # --label_maps a,b
+    assert cli._resolve_label_maps(json.dumps([str(p) for p in expected])) == expected  # a JSON list string
+    listed = maps / "list.json"  # a JSON file: relative paths are relative to its folder
+    listed.write_text(json.dumps(["sub1/labels.nii.gz", str(expected[1])]))
+    assert cli._resolve_label_maps(str(listed)) == expected
+    listed.unlink()
     with pytest.raises(FileNotFoundError, match="no file matches"):
         cli._resolve_label_maps(f"{maps}/*/nothing*.nii.gz")
+    with pytest.raises(ValueError, match="label map list .* JSON list of paths"):
+        cli._resolve_label_maps("[1, 2]")
+    assert cli._organ_spec('["box", "ball"]') == cli._organ_spec("box,ball") == ["box", "ball"]
+    assert cli._organ_spec({"box": "box", "both": ["ball", "rod"]}) == {"box": ["box"], "both": ["ball", "rod"]}
+
+
+_BAD_ARGUMENTS = {
+    "out is a folder": ("preview --out {dir}", "preview: out must be a file path, not a folder"),
+    "out in a file": ("preview --out {file}/p.png", "preview: out must be a path in a writable folder"),
+    "out read-only": ("preview --out /proc/p.png", "preview: out must be a path in a writable folder"),
+    "out dir is a file": ("generate --out {file} --n 2", "generate: out must be a folder, not a file"),
+    "out dir read-only": ("generate --out /proc/synth_gen --n 2", "generate: out must be a writable folder"),
+    "bank out is a folder": (
+        "bank build --label_maps {dir} --class_map {dir}/c.json --out {dir}",
+        "bank build: out must be a file path, not a folder",
+    ),
+    "bank out read-only": (
+        "bank build --label_maps {dir} --class_map {dir}/c.json --out /proc/b.npz",
+        "bank build: out must be a path in a writable folder",
+    ),
+    "json is a folder": ("validate --n 2 --json {dir}", "validate: json must be a file path, not a folder"),
+    "json read-only": ("validate --n 2 --json /proc/r.json", "validate: json must be a path in a writable folder"),
+    "float patch": ("preview --out {dir}/p.png --patch_size 96.0", "preview: patch_size must be a positive integer"),
+    "float patch axis": ("generate --out {dir}/g --n 2 --patch_size 64,64.0,32", "generate: patch_size must be"),
+    "float n": ("preview --out {dir}/p.png --n 2.7", "preview: n must be an integer >= 1, got 2.7"),
+    "float n generate": ("generate --out {dir}/g --n 2.7", "generate: n must be an integer >= 1, got 2.7"),
+    "float n validate": ("validate --n 2.7", "validate: n must be an integer >= 1, got 2.7"),
+    "float n bench": ("bench --n 2.0", "bench: n must be an integer >= 1, got 2.0"),
+    "false preview": ("preview --out {dir}/p.png --primitives false", "preview: primitives must be True or False"),
+    "false generate": ("generate --out {dir}/g --n 2 --primitives false", "generate: primitives must be True or"),
+    "false validate": ("validate --n 2 --progress false", "validate: progress must be True or False"),
+    "mode": ("preview --out {dir}/p.png --mode outline", "preview: mode must be one of 'shell', 'fill', 'mixed'"),
+    "workers": ("generate --out {dir}/g --n 2 --workers 1.5", "generate: workers must be an integer >= 0"),
+    "spacing": (
+        "bank build --label_maps {dir} --class_map {dir}/c.json --out {dir}/b.npz --spacing 0",
+        "bank build: spacing must be a number > 0, got 0",
+    ),
+    "graph suffix": ("graph --out {dir}/g.svg", "graph: out must be a .json or .png file name"),
+}
+
+
+@pytest.mark.parametrize("command, message", _BAD_ARGUMENTS.values(), ids=_BAD_ARGUMENTS.keys())
+def test_bad_argument_is_one_line_exit_2_and_nothing_written(command, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(_command(command, dir=tmp_path, file=tmp_path / "file"))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert out == ""
+    assert sorted(tmp_path.rglob("*")) == before  # checked before any work: nothing made, not even a folder
 
 
 def test_unknown_organ_in_validate_names_it(capsys):
@@ -254,12 +314,15 @@ def test_demo_writes_preview_and_dataset(tmp_path, capsys):
 def test_bank_build(cli_runs, workdir):
     out = _ok(cli_runs["bank_build"])
     assert "3 organs, 2 subjects" in out
+    progress = cli_runs["bank_build"][2]  # one line per label map read, on stderr
+    assert "bank: subject sub1: 3 of 3 organs" in progress and "bank: subject sub2: 3 of 3 organs" in progress
     bank = ShapeBank.load(workdir / "tiny_bank.npz")
     assert bank.organs == ["box", "ball", "rod"] and bank.subjects == ["sub1", "sub2"] and bank.spacing == 1.5
 
 
 def test_preview_writes_a_png(cli_runs, workdir):
     _ok(cli_runs["preview"])
+    assert "2/2" in cli_runs["preview"][2]  # the progress bar, on stderr
     path = workdir / "preview.png"
     assert path.stat().st_size > 0
     with Image.open(path) as img:
@@ -300,6 +363,13 @@ def test_missing_class_map_is_a_clear_error(cli_runs, workdir):
     assert "error:" in err and "no_such_map.json" in err and "not found" in err
     assert "Traceback" not in err
     assert not (workdir / "x.npz").exists()
+
+
+def test_float_patch_size_is_one_line_before_any_work(cli_runs, workdir):
+    code, out, err = cli_runs["float_patch_size"]
+    assert code == 2 and out == ""
+    assert err == "error: generate: patch_size must be a positive integer or 3 of them, got 96.0\n"
+    assert not (workdir / "float_gen").exists()
 
 
 def test_bank_info(cli_runs, workdir, capsys):

@@ -19,6 +19,7 @@ from synth_transforms.primitives import (
     _rasterise,
     _Solid,
     primitive_label_map,
+    validate_arguments,
 )
 
 SMALL = (48, 48, 48)
@@ -258,7 +259,7 @@ def test_every_solid_touches_the_patch():
         ({"patch_size": (96, 96, 0)}, "patch_size"),
         ({"patch_size": (96, -1, 96)}, "patch_size"),
         ({"patch_size": (96.0, 96, 96)}, "patch_size"),
-        ({"patch_size": 96}, "patch_size"),
+        ({"patch_size": 96.0}, "patch_size"),
         ({"patch_size": "abc"}, "patch_size"),
         ({"num_shapes": 0}, "num_shapes"),
         ({"num_shapes": 2.5}, "num_shapes"),
@@ -279,5 +280,17 @@ def test_every_solid_touches_the_patch():
     ],
 )
 def test_bad_arguments_raise(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=rf"^primitive_label_map: {name} must be .*, got "):
         primitive_label_map(np.random.RandomState(0), **kwargs)
+
+
+def test_validate_arguments_normalises_without_drawing():
+    shape, counts = validate_arguments(np.int64(8), num_shapes=(2, np.int64(5)), num_classes=np.int32(4))
+    assert shape == (8, 8, 8) and counts == (2, 5)
+    assert all(type(v) is int for v in (*shape, *counts))
+    assert validate_arguments((8, 16, 24), num_shapes=3) == ((8, 16, 24), (3, 3))
+    message = r"^RandPrimitiveLabel: size_range must be a pair \(low, high\) of fractions of the patch edge"
+    with pytest.raises(ValueError, match=message):
+        validate_arguments(size_range=(0.0, 0.5), owner="RandPrimitiveLabel")
+    with pytest.raises(ValueError, match=r"num_classes must be an integer in 1\.\.32, got 33"):
+        validate_arguments(num_classes=33)

@@ -1,5 +1,7 @@
 """Tests of the label -> image rendering (synth_transforms.render)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -155,12 +157,22 @@ def test_global_generators_untouched(organs):
         {"fill_range": (-0.1, 0.2)},
         {"thickness": (0, 1)},
         {"thickness": (3, 2)},
+        {"thickness": (1.0, 2)},
+        {"blur_sigma": (-1.0, 1.0)},
+        {"noise_std": 0.1},
     ],
-    ids=lambda kw: next(iter(kw)),
+    ids=lambda kw: f"{next(iter(kw))}={next(iter(kw.values()))}",
 )
 def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=rf"^render_label: {name} must be .*, got {re.escape(repr(value))}$"):
         render_label(_cube(), np.random.RandomState(0), **kwargs)
+
+
+def test_one_thickness_is_a_fixed_range():
+    a = render_label(_cube(), np.random.RandomState(3), thickness=2)
+    b = render_label(_cube(), np.random.RandomState(3), thickness=(2, 2))
+    assert torch.equal(a, b)
 
 
 def test_bad_label_shape_and_thickness():
