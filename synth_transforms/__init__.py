@@ -6,6 +6,7 @@ placement), :func:`render_label` (contour-shell rendering), the MONAI transforms
 ``RandPrimitiveSynthd`` and their pieces) and :class:`SyntheticDataset`.
 """
 
+from ._version import __version__ as __version__
 from .anchors import DEFAULT_RELATIVE_ANCHORS, AnchorModel
 from .bank import DEFAULT_BANK_PATH, DEFAULT_MIRROR_PAIRS, DEFAULT_ORGANS, OrganShape, ShapeBank, load_bank
 from .checks import CheckLabelClasses, CheckLabelClassesD, CheckLabelClassesd, CheckLabelClassesDict
@@ -17,6 +18,8 @@ from .primitives import NUM_PRIMITIVE_CLASSES, PRIMITIVE_CLASSES, primitive_labe
 from .render import RENDER_MODES, contour_shell, render_label
 from .topology import ADJACENT, DISJOINT, INSIDE, RELATIONS, TopologyGraph
 from .transforms import (
+    PlacementOptions,
+    PrimitiveOptions,
     RandAnatomyLabel,
     RandAnatomyLabelD,
     RandAnatomyLabeld,
@@ -37,11 +40,13 @@ from .transforms import (
     RandShellRenderD,
     RandShellRenderd,
     RandShellRenderDict,
+    RenderOptions,
 )
 
-from ._version import __version__ as __version__
-
 __all__ = [
+    "PlacementOptions",
+    "PrimitiveOptions",
+    "RenderOptions",
     "DEFAULT_RELATIVE_ANCHORS",
     "AnchorModel",
     "DEFAULT_BANK_PATH",
