@@ -16,7 +16,7 @@ import torch
 
 from ._args import check_choice, check_int_range, check_positive_int, check_range, fail
 
-__all__ = ["render_label", "contour_shell", "RENDER_MODES"]
+__all__ = ["render_label", "contour_shell", "validate_render_arguments", "RENDER_MODES"]
 
 RENDER_MODES = ("shell", "fill", "mixed")
 _OWNER = "render_label"
@@ -81,7 +81,7 @@ def render_label(
     Raises:
         ValueError: if an argument is out of range (naming it, what was expected and the value given).
     """
-    thickness = _check_render_arguments(
+    thickness = validate_render_arguments(
         mode, thickness, intensity_range, fill_range, blur_sigma, bias_strength, noise_std
     )
     if label.ndim != 3:
@@ -113,14 +113,20 @@ def render_label(
     return image.clamp_(0.0, 1.0)
 
 
-def _check_render_arguments(mode, thickness, intensity_range, fill_range, blur_sigma, bias_strength, noise_std):
-    """Refuse a bad argument of :func:`render_label` before any drawing; return the thickness range."""
-    check_choice(mode, "mode", RENDER_MODES, _OWNER)
-    thickness = check_int_range(thickness, "thickness", _OWNER, minimum=1)
+def validate_render_arguments(
+    mode, thickness, intensity_range, fill_range, blur_sigma, bias_strength, noise_std, owner: str = _OWNER
+):
+    """Refuse a bad argument of :func:`render_label` before any drawing; return the thickness range.
+
+    Transforms call it at construction (with their own ``owner``) so a bad option fails there, not at the first
+    sample.
+    """
+    check_choice(mode, "mode", RENDER_MODES, owner)
+    thickness = check_int_range(thickness, "thickness", owner, minimum=1)
     for name, value in [("intensity_range", intensity_range), ("fill_range", fill_range)]:
-        check_range(value, name, _OWNER, low=0.0, high=1.0)
+        check_range(value, name, owner, low=0.0, high=1.0)
     for name, value in [("blur_sigma", blur_sigma), ("bias_strength", bias_strength), ("noise_std", noise_std)]:
-        check_range(value, name, _OWNER, low=0.0)
+        check_range(value, name, owner, low=0.0)
     return thickness
 
 

@@ -447,3 +447,11 @@ def test_argument_errors():
         RandAnatomySynthd(patch_size=(48, 48))
     with pytest.raises(FileNotFoundError, match="no_bank.npz"):
         RandAnatomySynthd(bank="no_bank.npz")
+
+
+def test_bad_render_option_fails_at_construction():
+    """A bad render option is refused when the transform is built, naming the transform, not at the first sample."""
+    with pytest.raises(ValueError, match=r"^RandShellRender: noise_std must be a pair"):
+        RandShellRender(render_options={"noise_std": (0.2, 0.1)})
+    with pytest.raises(ValueError, match=r"^RandShellRender: thickness must be"):
+        RandShellRender(render_options={"thickness": (0, 2)})

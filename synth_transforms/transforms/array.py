@@ -16,7 +16,7 @@ from ..anchors import AnchorModel
 from ..bank import ShapeBank, load_bank
 from ..placement import OrganPlacer, PlacementRecord
 from ..primitives import primitive_label_map, validate_arguments
-from ..render import RENDER_MODES, render_label
+from ..render import RENDER_MODES, render_label, validate_render_arguments
 from ..topology import TopologyGraph
 from .options import PlacementOptions, PrimitiveOptions, RenderOptions, as_options, options_dict
 
@@ -197,6 +197,7 @@ class RandShellRender(RandomizableTransform):
         self.num_classes = num_classes
         self.mode = check_choice(mode, "mode", RENDER_MODES, owner)
         self.render_options = as_options(RenderOptions, render_options, "render_options", owner)
+        validate_render_arguments(mode, **options_dict(self.render_options), owner=owner)
         self._seed: int | None = None
 
     def randomize(self, data=None) -> None:
