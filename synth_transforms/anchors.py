@@ -15,18 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bank import ShapeBank
+from .bank import DEFAULT_RELATIVE_ANCHORS, ShapeBank, check_relative_anchors
 from .io import read_json, write_json_atomic
 
+# DEFAULT_RELATIVE_ANCHORS lives in bank.py (a bank records its relative anchors when built) and is exported here too
 __all__ = ["AnchorModel", "DEFAULT_RELATIVE_ANCHORS"]
-
-#: Child organ -> parent organ whose placed position the child follows.
-DEFAULT_RELATIVE_ANCHORS: dict[str, str] = {
-    "adrenal_gland_right": "kidney_right",
-    "adrenal_gland_left": "kidney_left",
-    "gallbladder": "liver",
-    "portal_vein_and_splenic_vein": "liver",
-}
 
 
 @dataclass
@@ -70,18 +63,16 @@ class AnchorModel:
 
         Args:
             bank: the shape bank.
-            relative: child -> parent relative anchors; default :data:`DEFAULT_RELATIVE_ANCHORS` restricted to
-                organs of the bank. Pass ``{}`` for absolute anchors only.
+            relative: child -> parent relative anchors; default: the bank's own (:attr:`ShapeBank.relative_anchors`:
+                those given to or found by :meth:`ShapeBank.build`, which matches :data:`DEFAULT_RELATIVE_ANCHORS`
+                by name, e.g. ``"right adrenal gland" -> "Kidney_R"``). Pass ``{}`` for absolute anchors only.
             reference_organs: organs whose centroids define the frame (default: every organ).
             min_std_mm: floor on each spread, so organs seen in few subjects still move.
             max_sigma: truncation of the jitter in standard deviations (the anchor tolerance).
             iterations: alternating-fit iterations for the subject offsets.
         """
         organs = bank.organs
-        if relative is None:
-            relative = {c: p for c, p in DEFAULT_RELATIVE_ANCHORS.items() if c in organs and p in organs}
-        for child, par in relative.items():
-            bank.class_id(child), bank.class_id(par)
+        relative = check_relative_anchors(bank.relative_anchors if relative is None else relative, organs)
         ref = bank.check_organs(reference_organs) if reference_organs is not None else organs
         n, subjects = len(organs), bank.subjects
         cent = np.full((len(subjects), n, 3), np.nan)
@@ -113,8 +104,15 @@ class AnchorModel:
             parent[c], off_mean[c], off_std[c] = p, delta.mean(axis=0), delta.std(axis=0)
         positions = {s: frame[i] for i, s in enumerate(subjects)}
         return cls(
-            list(organs), mean, np.maximum(std, min_std_mm), parent, off_mean, np.maximum(off_std, min_std_mm),
-            max_sigma, {s: offsets[i].round(3).tolist() for i, s in enumerate(subjects)}, positions,
+            list(organs),
+            mean,
+            np.maximum(std, min_std_mm),
+            parent,
+            off_mean,
+            np.maximum(off_std, min_std_mm),
+            max_sigma,
+            {s: offsets[i].round(3).tolist() for i, s in enumerate(subjects)},
+            positions,
         )
 
     # ------------------------------------------------------------------ sampling
@@ -227,8 +225,15 @@ class AnchorModel:
             if pos.shape != (len(organs), 3):
                 raise ValueError(f"anchors {path}: subject_positions_mm[{s!r}] needs a 3-vector (or null) per organ")
         return cls(
-            organs, arr("mean_mm"), arr("std_mm"), parent, arr("offset_mean_mm"), arr("offset_std_mm"),
-            float(data.get("max_sigma", 2.0)), data.get("subject_offsets_mm"), positions or None,
+            organs,
+            arr("mean_mm"),
+            arr("std_mm"),
+            parent,
+            arr("offset_mean_mm"),
+            arr("offset_std_mm"),
+            float(data.get("max_sigma", 2.0)),
+            data.get("subject_offsets_mm"),
+            positions or None,
         )
 
 

@@ -171,3 +171,83 @@ def build_bank(root: Path, **kwargs):
     paths, class_map = write_subjects(root)
     options = {"organs": ORGANS, "mirror_pairs": MIRROR_PAIRS, **kwargs}
     return ShapeBank.build(paths, class_map, **options), paths, class_map
+
+
+# ------------------------------------------------------------------------------ label maps of another dataset
+#: An AMOS-style class map: its own names, with the side written two ways (``kidney_L``, ``left adrenal gland``).
+AMOS_CLASS_MAP = {
+    "1": "liver",
+    "2": "gall bladder",
+    "3": "kidney_L",
+    "4": "kidney_R",
+    "5": "left adrenal gland",
+    "6": "right adrenal gland",
+    "7": "colon",
+}
+AMOS_ID = {name: int(i) for i, name in AMOS_CLASS_MAP.items()}
+#: 1.5 mm isotropic RAS grid: index i runs to the subject's right, so left organs sit at low i.
+AMOS_GRID = (64, 48, 40)
+AMOS_AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
+AMOS_BOXES = {
+    "liver": [(40, 60, 10, 40, 20, 34)],
+    "gall bladder": [(42, 48, 30, 36, 16, 20)],
+    "kidney_L": [(10, 20, 8, 20, 6, 20)],
+    "kidney_R": [(44, 54, 8, 20, 4, 18)],
+    "left adrenal gland": [(12, 18, 10, 16, 20, 23)],
+    "right adrenal gland": [(46, 52, 10, 16, 18, 21)],
+    "colon": [(22, 30, 30, 40, 2, 10), (30, 38, 30, 40, 24, 32)],  # two segments that do not touch
+}
+#: Notches cut from the kidneys so that each is left-right asymmetric and differs from its partner.
+AMOS_NOTCHES = {"kidney_L": (10, 14, 8, 12, 6, 10), "kidney_R": (50, 54, 16, 20, 14, 18)}
+#: A single kidney_L voxel far from the kidney (a stray island): about 100 mm away, at the grid's far corner.
+AMOS_STRAY_VOXEL = (60, 44, 36)
+
+
+def amos_array(stray: bool = True, shift_vox=(0, 0, 0)) -> np.ndarray:
+    """An AMOS-style subject on :data:`AMOS_GRID`; ``stray`` adds :data:`AMOS_STRAY_VOXEL` to kidney_L."""
+    labels = np.zeros(AMOS_GRID, dtype=np.uint8)
+    for name, boxes in AMOS_BOXES.items():
+        for box in boxes:
+            _fill(labels, box, AMOS_ID[name])
+    for box in AMOS_NOTCHES.values():
+        _fill(labels, box, 0)
+    labels = np.roll(labels, shift_vox, axis=(0, 1, 2))
+    if stray:
+        labels[AMOS_STRAY_VOXEL] = AMOS_ID["kidney_L"]
+    return labels
+
+
+def amos_box_dims(name: str) -> tuple[int, int, int]:
+    """Voxel dims of an AMOS-style organ's bounding box (without stray islands)."""
+    boxes = np.array(AMOS_BOXES[name])
+    return tuple(int(boxes[:, 2 * a + 1].max() - boxes[:, 2 * a].min()) for a in range(3))
+
+
+def write_amos_subjects(root: Path, arrays: dict[str, np.ndarray] | None = None) -> tuple[dict[str, Path], Path]:
+    """Write AMOS-style subjects (default: ``amos1`` with the stray voxel, ``amos2`` shifted without it)."""
+    if arrays is None:
+        arrays = {"amos1": amos_array(), "amos2": amos_array(stray=False, shift_vox=(2, 1, 1))}
+    paths = {s: write_nifti(root / s / "labels.nii.gz", a, AMOS_AFFINE) for s, a in arrays.items()}
+    return paths, write_class_map(root / "amos_classes.json", AMOS_CLASS_MAP)
+
+
+#: A tilted ellipsoid "blob" (radii mm, tilt in the x-z plane) centred in a 60 mm cube, for thick-slice maps.
+BLOB_CENTER_MM = (30.0, 30.0, 30.0)
+BLOB_RADII_MM = (22.0, 15.0, 24.0)
+BLOB_TILT = 0.5
+
+
+def blob_mask(shape, voxel_mm) -> np.ndarray:
+    """The blob sampled at voxel centres ``index * voxel_mm`` (the first voxel's centre at the origin)."""
+    x, y, z = (np.indices(shape, dtype=float).T * np.asarray(voxel_mm, dtype=float)).T - np.reshape(
+        BLOB_CENTER_MM, (3, 1, 1, 1)
+    )
+    c, s = np.cos(BLOB_TILT), np.sin(BLOB_TILT)
+    u, w = x * c - z * s, x * s + z * c
+    return (u / BLOB_RADII_MM[0]) ** 2 + (y / BLOB_RADII_MM[1]) ** 2 + (w / BLOB_RADII_MM[2]) ** 2 <= 1.0
+
+
+def write_blob(path: Path, voxel_mm=(0.75, 0.75, 5.0)) -> Path:
+    """The blob (class 1) as a NIfTI of ``voxel_mm`` voxels spanning 60 mm per axis (thick slices by default)."""
+    shape = tuple(int(round(60.0 / v)) for v in voxel_mm)
+    return write_nifti(path, blob_mask(shape, voxel_mm).astype(np.uint8), np.diag([*voxel_mm, 1.0]))

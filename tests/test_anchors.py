@@ -195,3 +195,22 @@ def test_relative_anchor_needs_both_organs_somewhere(tmp_path):
     bank = ShapeBank.build(paths, class_map, syn.ORGANS)
     with pytest.raises(ValueError, match="core -> capsule"):
         AnchorModel.from_bank(bank, relative={"core": "capsule"})
+
+
+def test_foreign_organ_names_keep_relative_anchors(tmp_path):
+    # an AMOS-style label set: "right adrenal gland" follows "kidney_R", "gall bladder" follows "liver"
+    paths, class_map = syn.write_amos_subjects(tmp_path)
+    organs = list(syn.AMOS_CLASS_MAP.values())
+    anchors = AnchorModel.from_bank(ShapeBank.build(paths, class_map, organs))
+    parents = {o: organs[p] for o, p in zip(organs, anchors.parent, strict=True) if p >= 0}
+    assert parents == {"gall bladder": "liver", "left adrenal gland": "kidney_L", "right adrenal gland": "kidney_R"}
+    # the adrenal sits on top of its kidney in both subjects: the measured offset, in mm
+    child, parent = organs.index("left adrenal gland"), organs.index("kidney_L")
+    np.testing.assert_allclose(anchors.offset_mean_mm[child], anchors.mean_mm[child] - anchors.mean_mm[parent])
+    # anchors named at build time are the bank's; None there means absolute anchors only
+    named = ShapeBank.build(paths, class_map, organs, relative_anchors={"colon": "liver"})
+    assert AnchorModel.from_bank(named).parent.tolist() == [-1] * 6 + [0]
+    absolute = ShapeBank.build(paths, class_map, organs, relative_anchors=None)
+    assert (AnchorModel.from_bank(absolute).parent == -1).all()
+    with pytest.raises(ValueError, match="cycle"):
+        AnchorModel.from_bank(absolute, relative={"liver": "colon", "colon": "liver"})

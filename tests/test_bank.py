@@ -1,6 +1,7 @@
 """Tests of the shape bank (synth_transforms.bank): building, measuring, mirroring, saving, loading, bad input."""
 
 import json
+import logging
 import os
 import time
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from synth_transforms import DEFAULT_BANK_PATH, DEFAULT_ORGANS, RandAnatomySynthd, ShapeBank, load_bank
+from synth_transforms.bank import check_mirror_pairs, check_relative_anchors, find_mirror_pairs, find_relative_anchors
 from synth_transforms.io import read_label_map
 
 BTCV_ORGANS = [
@@ -64,6 +66,7 @@ def _assert_banks_equal(a: ShapeBank, b: ShapeBank) -> None:
             assert t.mask.dtype == bool and np.array_equal(s.mask, t.mask)
             assert (s.organ, s.subject, tuple(s.offset_vox)) == (t.organ, t.subject, tuple(t.offset_vox))
             assert (s.volume_ml, s.truncated, s.mirrored) == (t.volume_ml, t.truncated, t.mirrored)
+            assert (s.cut_faces is None) == (t.cut_faces is None) and np.array_equal(s.cut_face_mask, t.cut_face_mask)
             np.testing.assert_allclose(s.centroid_mm, t.centroid_mm, atol=1e-6)
     for subject in a.subjects:
         np.testing.assert_allclose(a.contact[subject], b.contact[subject], atol=1e-6)
@@ -136,6 +139,11 @@ def test_truncated_when_cut_by_the_field_of_view(tmp_path):
     assert not any(v for o, v in cut.items() if o not in ("block_a", "far_ball"))
     assert not any(_shape(bank, o, "whole").truncated for o in bank.organs)
     assert [s.subject for s in bank.usable_shapes("block_a")] == ["whole"]
+    # the file's i = 0 edge is its rightmost column (LPS): in the bank's RAS crops the right face is the cut one
+    block_a = _shape(bank, "block_a", "cut")
+    assert block_a.cut_faces.tolist() == [[False, True], [False, False], [False, False]]
+    assert block_a.cut_face_names == "R" and _shape(bank, "block_a", "whole").cut_face_names == ""
+    assert all(s.cut_faces.any() == s.truncated for shapes in bank.shapes.values() for s in shapes)
 
 
 def test_mirror_pairs_add_flipped_partner_shapes(bank):
@@ -173,6 +181,185 @@ def test_contact_fractions(bank):
     assert contact[capsule, core] < 0.2  # only the wall of the capsule's cavity touches the core
     assert contact[a, capsule] == 0.0 and contact[capsule, a] == 0.0
     np.testing.assert_array_equal(np.nansum(contact, axis=1) <= 1.0 + 1e-6, True)
+
+
+# ------------------------------------------------------------------------------------------ foreign label sets
+
+
+def _amos_bank(root, caplog=None, **kwargs):
+    paths, class_map = syn.write_amos_subjects(root)
+    if caplog is not None:
+        caplog.set_level(logging.INFO, logger="synth_transforms.bank")
+    return ShapeBank.build(paths, class_map, list(syn.AMOS_CLASS_MAP.values()), **kwargs)
+
+
+def test_foreign_names_keep_pairs_and_anchors_and_drop_islands(tmp_path, caplog):
+    bank = _amos_bank(tmp_path, caplog)
+    # pairs and anchors found from the dataset's own names
+    assert bank.mirror_pairs == [("kidney_L", "kidney_R"), ("left adrenal gland", "right adrenal gland")]
+    assert bank.relative_anchors == {
+        "right adrenal gland": "kidney_R",
+        "left adrenal gland": "kidney_L",
+        "gall bladder": "liver",
+    }
+    # the stray kidney_L voxel ~100 mm away is dropped: the crop is the kidney's own box, in both subjects
+    kidney = _shape(bank, "kidney_L", "amos1")
+    assert kidney.mask.shape == syn.amos_box_dims("kidney_L") == _shape(bank, "kidney_L", "amos2").mask.shape
+    assert kidney.mask.sum() == 10 * 12 * 14 - 4 * 4 * 4
+    (stand_in,) = [s for s in bank.shapes["kidney_R"] if s.mirrored and s.subject == "amos1"]
+    assert np.array_equal(stand_in.mask, kidney.mask[::-1])
+    islands = bank.source["build_report"]["islands"]
+    assert list(islands) == ["amos1"] and list(islands["amos1"]) == ["kidney_L"]
+    dropped = islands["amos1"]["kidney_L"]
+    assert (dropped["islands"], dropped["voxels"]) == (1, 1)
+    assert dropped["box_mm_after"] == [15.0, 18.0, 21.0] and dropped["box_mm_before"][0] > 70
+    # an organ of parts that do not touch keeps both (the smaller is half the size of the larger, not an island)
+    colon = _shape(bank, "colon", "amos1")
+    assert colon.mask.shape == syn.amos_box_dims("colon") and colon.mask.sum() == 2 * 8 * 10 * 8
+    # it says what it did: a warning for the islands, the pairs and anchors in the log and in info()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        len(warnings) == 1 and "1 stray island (1 voxels)" in warnings[0] and "kidney_L of subject amos1" in warnings[0]
+    )
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    for text in ("kidney_L <-> kidney_R", "left adrenal gland -> kidney_L", "amos1 kidney_L: 1 island (1 voxels)"):
+        assert text in log and text in bank.info()
+
+
+def test_islands_kept_when_disabled(tmp_path):
+    bank = _amos_bank(tmp_path, island_fraction=0)
+    kidney = _shape(bank, "kidney_L", "amos1")
+    corner = np.subtract(syn.AMOS_STRAY_VOXEL, kidney.offset_vox)
+    assert kidney.mask.shape == (51, 37, 31) and kidney.mask[tuple(corner)]  # stretched to the stray voxel
+    assert bank.source["build_report"]["islands"] == {}
+    with pytest.raises(ValueError, match="island_fraction must be a number in"):
+        _amos_bank(tmp_path, island_fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    "names, pairs",
+    [
+        (["kidney_left", "liver", "kidney_right"], [("kidney_left", "kidney_right")]),
+        (["Kidney_R", "Kidney_L", "lung-l", "lung-r"], [("Kidney_L", "Kidney_R"), ("lung-l", "lung-r")]),
+        (["right adrenal gland", "Left Adrenal Gland"], [("Left Adrenal Gland", "right adrenal gland")]),
+        (
+            ["ovary (left)", "ovary (right)", "lung_left_upper", "lung_right_upper"],
+            [("ovary (left)", "ovary (right)"), ("lung_left_upper", "lung_right_upper")],
+        ),
+        # not pairs: different stems, a side-like letter inside a name, no partner, an ambiguous stem
+        (["lung_upper_lobe_left", "lung_lower_lobe_right", "vertebrae_L1", "vertebrae_R1"], []),
+        (["l_x_r", "kidney_left", "kidney_l", "kidney_right"], []),
+    ],
+)
+def test_mirror_pairs_found_by_name(names, pairs):
+    assert find_mirror_pairs(names) == pairs
+
+
+def test_default_organs_pair_and_anchor_as_before():
+    assert find_mirror_pairs(list(DEFAULT_ORGANS)) == [
+        ("kidney_left", "kidney_right"),
+        ("adrenal_gland_left", "adrenal_gland_right"),
+        ("lung_left", "lung_right"),
+    ]
+    from synth_transforms.anchors import DEFAULT_RELATIVE_ANCHORS
+
+    assert find_relative_anchors(list(DEFAULT_ORGANS)) == DEFAULT_RELATIVE_ANCHORS
+
+
+def test_mirror_pairs_and_anchors_named_by_hand(tmp_path):
+    bank = _amos_bank(tmp_path, mirror_pairs={"kidney_R": "kidney_L"}, relative_anchors={"colon": "liver"})
+    assert bank.mirror_pairs == [("kidney_R", "kidney_L")] and bank.relative_anchors == {"colon": "liver"}
+    assert not any(s.mirrored for s in bank.shapes["left adrenal gland"])
+    assert len([s for s in bank.shapes["kidney_L"] if s.mirrored]) == 2
+    none = _amos_bank(tmp_path, mirror_pairs=None, relative_anchors=None)
+    assert none.mirror_pairs == [] and none.relative_anchors == {}
+    assert not any(s.mirrored for shapes in none.shapes.values() for s in shapes)
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ({"kidney_L": "kidney_right"}, r"\['kidney_right'\] are not organs of this bank; it has: liver"),
+        ([("kidney_L", "kidney_R"), ("kidney_R", "colon")], "one pair"),
+        ([("kidney_L", "kidney_L")], "one pair"),
+        ([("kidney_L",)], "pairs of two organ names"),
+        ("yes", "mirror_pairs must be 'auto'"),
+    ],
+)
+def test_mirror_pair_errors(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        check_mirror_pairs(pairs, list(syn.AMOS_CLASS_MAP.values()))
+
+
+def test_relative_anchor_errors():
+    organs = ["a", "b", "c"]
+    assert check_relative_anchors({"a": "b", "b": "c"}, organs) == {"a": "b", "b": "c"}
+    with pytest.raises(ValueError, match="cycle: a -> b -> c -> a"):
+        check_relative_anchors({"a": "b", "b": "c", "c": "a"}, organs)
+    with pytest.raises(ValueError, match="cycle: a -> a"):
+        check_relative_anchors({"a": "a"}, organs)
+    with pytest.raises(KeyError, match="d"):
+        check_relative_anchors({"a": "d"}, organs)
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_thick_slices_warn_and_smooth(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="synth_transforms.bank")
+    path = syn.write_blob(tmp_path / "thick" / "blob.nii.gz", voxel_mm=(0.75, 0.75, 5.0))
+    bank = ShapeBank.build([path], {1: "blob"}, ["blob"])
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert str(path) in warning and "thick slices" in warning and "smoothed" in warning
+    assert bank.source["build_report"]["smoothed"] == {"thick": {"axes": "z", "sigma_vox": [1.0, 1.0, 1.667]}}
+    assert "smoothed coarse label map: thick (0.75 x 0.75 x 5 mm voxels, along z)" in bank.info()
+    # against the true ellipsoid on the bank grid, the smoothed shape beats the nearest-neighbour staircase
+    nearest = read_label_map(path, spacing=1.5)[0] == 1
+    (shape,) = bank.shapes["blob"]
+    smoothed = np.zeros_like(nearest)
+    smoothed[tuple(slice(o, o + n) for o, n in zip(shape.offset_vox, shape.mask.shape, strict=True))] = shape.mask
+    truth = syn.blob_mask(nearest.shape, (1.5, 1.5, 1.5))
+    assert _dice(smoothed, truth) > _dice(nearest, truth) + 0.01
+    assert smoothed.sum() == pytest.approx(truth.sum(), rel=0.03)
+
+    # the staircase: along x, the organ's top surface (in the slice y = 20) follows the true one more closely
+    def top(mask):
+        return mask.shape[2] - np.argmax(mask[:, 20, ::-1], axis=1)
+
+    inside = truth[:, 20].any(axis=1)
+    error = {name: np.abs(top(m) - top(truth))[inside].mean() for name, m in [("near", nearest), ("smooth", smoothed)]}
+    assert error["smooth"] < 0.75 * error["near"], error
+
+
+def test_fine_or_matching_voxels_are_not_smoothed(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="synth_transforms.bank")
+    path = syn.write_blob(tmp_path / "fine" / "blob.nii.gz", voxel_mm=(1.5, 1.5, 2.5))  # 1.7x: below the 2x bar
+    bank = ShapeBank.build([path], {1: "blob"}, ["blob"])
+    assert not caplog.records and bank.source["build_report"]["smoothed"] == {}
+    assert bank.shapes["blob"][0].mask.sum() == (read_label_map(path, spacing=1.5)[0] == 1).sum()
+
+
+def test_subject_mostly_cut_by_its_field_of_view(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="synth_transforms.bank")
+    cut = syn.amos_array(stray=False)[12:50, :, 4:]  # cuts both kidneys and adrenals, the liver and the colon
+    paths, class_map = syn.write_amos_subjects(tmp_path, {"whole": syn.amos_array(stray=False), "cut": cut})
+    bank = ShapeBank.build(paths, class_map, list(syn.AMOS_CLASS_MAP.values()))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "subject cut" in warning and "cuts 6 of its 7 organs" in warning and "kidney_L [L]" in warning
+    faces = bank.source["build_report"]["mostly_cut"]["cut"]
+    assert faces == {
+        "colon": "I",
+        "kidney_L": "L",
+        "kidney_R": "RI",  # its box starts at z = 4, where the crop begins
+        "left adrenal gland": "L",
+        "liver": "R",
+        "right adrenal gland": "R",
+    }
+    assert "mostly cut by the field of view: cut (colon [I]" in bank.info()
+    # a mirrored stand-in is cut on the other side
+    (stand_in,) = [s for s in bank.shapes["kidney_R"] if s.mirrored and s.subject == "cut"]
+    assert stand_in.cut_face_names == "R" and _shape(bank, "kidney_L", "cut").cut_face_names == "L"
 
 
 # ------------------------------------------------------------------------------------------------ save / load
@@ -223,6 +410,32 @@ def test_failed_save_keeps_the_previous_file(bank, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ default bank
 
 
+def test_old_bank_files_still_load(tmp_path):
+    # a bank file written before cut faces, relative anchors and build reports were recorded
+    paths, class_map = syn.write_amos_subjects(tmp_path)
+    path = ShapeBank.build(paths, class_map, list(syn.AMOS_CLASS_MAP.values())).save(tmp_path / "bank.npz")
+    with np.load(path) as f:
+        arrays = dict(f)
+    meta = json.loads(arrays["meta"].tobytes())
+    for entry in meta["shapes"]:
+        del entry["cut_faces"]
+    for key in ("relative_anchors", "build_report", "island_fraction"):
+        del meta["source"][key]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(path, **arrays)
+    old = ShapeBank.load(path)
+    for shapes in old.shapes.values():
+        for s in shapes:  # unknown faces follow the truncation flag
+            assert s.cut_faces is None and np.array_equal(s.cut_face_mask, np.full((3, 2), s.truncated))
+    # relative anchors come from the organ names, as AnchorModel.from_bank found them before
+    assert (
+        old.relative_anchors
+        == find_relative_anchors(old.organs)
+        == {"right adrenal gland": "kidney_R", "left adrenal gland": "kidney_L", "gall bladder": "liver"}
+    )
+    assert "stray islands" not in old.info() and "kidney_L <-> kidney_R" in old.info()
+
+
 def test_default_bank():
     start = time.perf_counter()
     bank = ShapeBank.load(None)
@@ -235,6 +448,13 @@ def test_default_bank():
         assert bank.usable_shapes(organ), organ
         assert all(s.mask.any() for s in bank.shapes[organ])
     assert 800 < bank.median_volume_ml["liver"] < 2500 and 1 < bank.median_volume_ml["adrenal_gland_left"] < 10
+    assert bank.mirror_pairs == [
+        ("kidney_left", "kidney_right"),
+        ("adrenal_gland_left", "adrenal_gland_right"),
+        ("lung_left", "lung_right"),
+    ]
+    for shapes in bank.shapes.values():  # cut faces recorded, or (older file) following the truncation flag
+        assert all(s.cut_face_mask.shape == (3, 2) and s.cut_face_mask.any() == s.truncated for s in shapes)
     assert load_bank() is load_bank()  # cached
 
 
@@ -301,8 +521,24 @@ def test_organ_part_missing_from_class_map(built):
     _, paths, class_map = built
     with pytest.raises(ValueError, match="'block_b'.*block_b_middle"):
         ShapeBank.build(paths, class_map, {"block_b": ["block_b_front", "block_b_middle"]})
-    with pytest.raises(ValueError, match="'spleen'"):
+    with pytest.raises(ValueError, match="'spleen'") as info:
         ShapeBank.build(paths, class_map)  # the default organ set uses TotalSegmentator names
+    message = str(info.value)
+    # every missing organ, the class map's own names, and how to name the organs
+    assert all(f"organ {o!r}" in message for o in DEFAULT_ORGANS)
+    assert "names: table, block_a, block_b_front" in message and str(class_map) in message
+    assert "--organs" in message and "TotalSegmentator" in message
+
+
+def test_missing_organs_are_all_named(built):
+    _, paths, class_map = built
+    organs = {"box": ["block_a"], "kidney": ["kidney_left"], "lungs": ["lung_left", "core", "lung_right"]}
+    with pytest.raises(ValueError) as info:
+        ShapeBank.build(paths, class_map, organs)
+    message = str(info.value)
+    assert message.startswith("organ 'kidney': the class map has no class named ['kidney_left']; organ 'lungs'")
+    assert "['lung_left', 'lung_right']" in message and "'box'" not in message
+    assert "lobe_right" in message and "TotalSegmentator" not in message
 
 
 def test_organ_absent_from_every_subject(built, tmp_path):
@@ -366,10 +602,10 @@ def test_own_bank_drives_the_synthesis(bank):
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
         ids = set(torch.unique(label).tolist())
         assert ids <= set(range(8))
-        placed = {p["class_id"]: p for p in recorder.last_record.placed}
-        assert ids - {0} == {c for c, p in placed.items() if p["voxels"] > 0}
+        placed = {p.class_id: p for p in recorder.last_record.placed}
+        assert ids - {0} == {c for c, p in placed.items() if p.voxels > 0}
         for class_id, p in placed.items():
-            assert bank.organs[class_id - 1] == p["organ"]
-            assert int((label == class_id).sum()) == p["voxels"]
+            assert bank.organs[class_id - 1] == p.organ
+            assert int((label == class_id).sum()) == p.voxels
         seen |= ids
     assert seen == set(range(8))  # the 72 mm patch holds the whole 7-organ body
