@@ -1,7 +1,8 @@
-"""Plausibility metrics of anatomy-informed synthetic label patches.
+"""Plausibility metrics of anatomy-informed synthetic label patches (pure functions of label, record and graph).
 
-Per sample (:func:`sample_metrics`), from the label patch, its :class:`~synth_transforms.placement.PlacementRecord`
-and the topology graph, and optionally an :class:`InsertAudit` of the placement:
+Per sample (:func:`sample_metrics`), from the label patch, its
+:class:`~synth_transforms.placement_records.PlacementRecord` and the topology graph, and optionally an
+:class:`InsertAudit` of the placement:
 
 - **label values**: every value is one of the documented class ids ``0..num_classes - 1``, every organ in the
   patch was recorded as placed, and the recorded voxel counts match the patch;
@@ -17,35 +18,35 @@ and the topology graph, and optionally an :class:`InsertAudit` of the placement:
   an organ outside its tolerance is a violation;
 - **presence, volume, skips, retries**: organ voxel counts, skipped organs and the reasons, rejected candidates.
 
-:func:`aggregate` turns per-sample metrics into a JSON-serialisable report with pass/fail ``checks``;
-:func:`plausibility_report` generates ``n`` samples with :class:`~synth_transforms.transforms.RandAnatomyLabel`
-(sample ``i`` seeded like :class:`~synth_transforms.dataset.SyntheticDataset` at epoch 0, so the labels are those
-that ``RandAnatomySynthd`` makes for the same seed) and reports on them; :func:`format_report` prints one.
+:func:`aggregate` turns per-sample metrics into a JSON-serialisable report with pass/fail ``checks``. The run that
+generates the samples and prints the report is :mod:`synth_transforms.validation`.
 """
 
 from __future__ import annotations
 
-import copy
-import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from torch.utils.data import DataLoader, Dataset
 
-from .bank import ShapeBank
-from .dataset import sample_seed
-from .placement import OrganPlacer, PlacementRecord
-from .topology import CODE_CARVE, CODE_DISJOINT, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
-from .transforms import RandAnatomyLabel
+from .placement_records import Insertion, PlacementRecord
+from .topology import (
+    ADJACENT,
+    CODE_CARVE,
+    CODE_DISJOINT,
+    CODE_KEEP,
+    CODE_OVERWRITE,
+    CODE_RELATIONS,
+    CONTAINS,
+    DISJOINT,
+    INSIDE,
+    RELATIONS,
+    TopologyGraph,
+)
 
-__all__ = ["InsertAudit", "sample_metrics", "aggregate", "plausibility_report", "format_report", "contact_counts"]
+__all__ = ["InsertAudit", "sample_metrics", "aggregate", "contact_counts", "CHECKS"]
 
-#: Relation names of the topology graph's codes, seen from the organ in the row (``code_table()[row, column]``).
-_CODE_NAMES = {CODE_DISJOINT: "disjoint", CODE_CARVE: "adjacent", CODE_OVERWRITE: "inside", CODE_KEEP: "contains"}
 #: Checks of the aggregated report: name -> what it counts (each must be 0).
 CHECKS = {
     "disjoint_overlap_voxels": "voxels a new organ took from an organ it must be disjoint from",
@@ -62,23 +63,24 @@ _TOLERANCE_SLACK_MM = 1e-6
 
 # ---------------------------------------------------------------------------------------------- audit
 class InsertAudit:
-    """Records, for each organ an :class:`OrganPlacer` inserts, which labels the new organ took over.
+    """Records, for each organ an :class:`~synth_transforms.placement.OrganPlacer` inserts, which labels it took over.
 
-    Installed on one placer (it wraps the placer's candidate insertion), it compares the candidate's region of
-    the canvas before and after every accepted insertion. This checks the placement independently of the
-    placer's own bookkeeping. Call :meth:`reset` before each sample and :meth:`snapshot` after it.
+    An observer of the placer (``OrganPlacer(..., observers=[audit])`` or ``placer.observers.append(audit)``): it
+    compares the region of every accepted insertion before and after the write, which checks the placement
+    independently of the placer's own bookkeeping. Call :meth:`reset` before each sample and :meth:`snapshot` after.
 
     Args:
-        placer: the placer to audit (its ``_try_insert`` is wrapped on this instance only).
+        num_classes: classes including background (``bank.num_classes``).
     """
 
-    def __init__(self, placer: OrganPlacer):
-        if not hasattr(placer, "_try_insert"):
-            raise TypeError("InsertAudit: the placer has no _try_insert step to audit (placement API changed?)")
-        self.num_classes = placer.bank.num_classes
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
         self.taken = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         self.written: dict[int, int] = {}
-        placer._try_insert = _AuditedInsert(placer._try_insert, self)
+
+    def __call__(self, insertion: Insertion) -> None:
+        """The observer call: record one accepted insertion."""
+        self.record(insertion.before, insertion.after, insertion.cls_id)
 
     def reset(self) -> None:
         """Forget the insertions seen so far."""
@@ -95,20 +97,6 @@ class InsertAudit:
     def snapshot(self) -> dict:
         """``{"taken": (C, C) array [new class, old class] of voxels, "written": {class id: voxels}}``."""
         return {"taken": self.taken.copy(), "written": dict(self.written)}
-
-
-class _AuditedInsert:
-    """The placer's insertion step, followed by the audit of what an accepted insertion changed (picklable)."""
-
-    def __init__(self, insert, audit: InsertAudit):
-        self.insert, self.audit = insert, audit
-
-    def __call__(self, canvas: torch.Tensor, shape, warp, cls_id: int, parents: list[int]):
-        before = canvas[warp.region].clone()
-        reason, overlap = self.insert(canvas, shape, warp, cls_id, parents)
-        if reason is None:
-            self.audit.record(before, canvas[warp.region], cls_id)
-        return reason, overlap
 
 
 # ---------------------------------------------------------------------------------------------- one sample
@@ -141,9 +129,9 @@ def contact_counts(label: torch.Tensor, codes: np.ndarray) -> tuple[dict[str, in
         touch.narrow(axis, 0, n - 1).bitwise_or_(bit_of[pair_ab].view(a.shape))
         touch.narrow(axis, 1, n - 1).bitwise_or_(bit_of[pair_ba].view(b.shape))
     voxels = {
-        "disjoint": int((touch & (1 << CODE_DISJOINT)).count_nonzero()),
-        "adjacent": int((touch & (1 << CODE_CARVE)).count_nonzero()),
-        "inside": int((touch & ((1 << CODE_OVERWRITE) | (1 << CODE_KEEP))).count_nonzero()),
+        DISJOINT: int((touch & (1 << CODE_DISJOINT)).count_nonzero()),
+        ADJACENT: int((touch & (1 << CODE_CARVE)).count_nonzero()),
+        INSIDE: int((touch & ((1 << CODE_OVERWRITE) | (1 << CODE_KEEP))).count_nonzero()),
     }
     faces = faces.view(nc, nc).numpy()
     np.fill_diagonal(faces, 0)  # a voxel facing its own label is no contact
@@ -160,13 +148,13 @@ def _check_label_values(label: torch.Tensor, record: PlacementRecord, organs: Se
         bad |= label != ids
     invalid = sorted(v.item() for v in torch.unique(label[bad])) if bad.any() else []
     counts = torch.bincount(ids[~bad], minlength=nc)[:nc].numpy()
-    recorded = {p["class_id"]: p for p in record.placed}
+    recorded = {p.class_id: p for p in record.placed}
     present = [k for k in range(1, nc) if counts[k] > 0]
     checks = {
         "integer": bool(integer),
         "invalid_ids": invalid,
         "unrecorded_ids": [k for k in present if k not in recorded],
-        "voxel_mismatch": [p["organ"] for k, p in recorded.items() if "voxels" in p and p["voxels"] != counts[k]],
+        "voxel_mismatch": [p.organ for k, p in recorded.items() if p.voxels is not None and p.voxels != counts[k]],
     }
     return checks, counts
 
@@ -175,19 +163,19 @@ def _anchor_deviations(record: PlacementRecord) -> list[dict]:
     """Deviation of each placed organ from its expected position, absolute and relative to its tolerance."""
     out = []
     for p in record.placed:
-        deviation = np.abs(np.asarray(p["position_mm"], float) - np.asarray(p["expected_mm"], float))
-        tolerance = np.asarray(p["tolerance_mm"], float)
+        deviation = np.abs(np.asarray(p.position_mm, float) - np.asarray(p.expected_mm, float))
+        tolerance = np.asarray(p.tolerance_mm, float)
         ratio = float(np.max(deviation / np.maximum(tolerance, 1e-9)))
         outside = bool(np.any(deviation > tolerance + _TOLERANCE_SLACK_MM))
         out.append(
-            {"organ": p["organ"], "deviation_mm": float(np.linalg.norm(deviation)), "ratio": ratio, "outside": outside}
+            {"organ": p.organ, "deviation_mm": float(np.linalg.norm(deviation)), "ratio": ratio, "outside": outside}
         )
     return out
 
 
 def _inside_metrics(record: PlacementRecord, graph: TopologyGraph, faces: np.ndarray, audit: Mapping | None) -> list:
     """For each placed child whose parent is placed: fraction taken from the parent, enclosure by the parent."""
-    placed = {p["organ"]: p["class_id"] for p in record.placed}
+    placed = {p.organ: p.class_id for p in record.placed}
     out = []
     for organ, cls_id in placed.items():
         parents = [placed[p] for p in graph.parents(organ) if p in placed]
@@ -204,14 +192,11 @@ def _inside_metrics(record: PlacementRecord, graph: TopologyGraph, faces: np.nda
 
 def _audit_violations(audit: Mapping, codes: np.ndarray) -> dict[str, int]:
     """Voxels taken over per relation of the new organ to the old one (``inside``: allowed, the rest: violations)."""
-    taken = np.asarray(audit["taken"])
-    taken_from_organs = taken[:, 1:]
+    taken_from_organs = np.asarray(audit["taken"])[:, 1:]
     code = codes[:, 1:]
     return {
-        "disjoint": int(taken_from_organs[code == CODE_DISJOINT].sum()),
-        "adjacent": int(taken_from_organs[code == CODE_CARVE].sum()),
-        "contains": int(taken_from_organs[code == CODE_KEEP].sum()),
-        "inside": int(taken_from_organs[code == CODE_OVERWRITE].sum()),
+        CODE_RELATIONS[c]: int(taken_from_organs[code == c].sum())
+        for c in (CODE_DISJOINT, CODE_CARVE, CODE_KEEP, CODE_OVERWRITE)
     }
 
 
@@ -236,7 +221,8 @@ def sample_metrics(
         (record), ``contact_voxels``, ``disjoint_contact_faces``, ``inside``, ``anchors``, ``skipped``,
         ``unreachable``, ``retries``.
     """
-    label = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)  # plain tensors: faster
+    as_tensor = getattr(label, "as_tensor", None)  # a MetaTensor: unwrap it, plain tensors are faster
+    label = as_tensor() if callable(as_tensor) else torch.as_tensor(label)
     if label.ndim == 4 and label.shape[0] == 1:
         label = label[0]
     if label.ndim != 3:
@@ -259,14 +245,17 @@ def sample_metrics(
         "labels": checks,
         "voxels": {organs[k - 1]: int(counts[k]) for k in range(1, nc) if counts[k] > 0},
         "violations": _audit_violations(audit, codes) if audit is not None else None,
-        "carved": int(sum(p.get("carved", 0) for p in record.placed)),
-        "overwritten": int(sum(p.get("overwritten", 0) for p in record.placed)),
+        "carved": int(sum(p.carved for p in record.placed)),
+        "overwritten": int(sum(p.overwritten for p in record.placed)),
         "contact_voxels": contact,
         "disjoint_contact_faces": disjoint_faces,
         "inside": _inside_metrics(record, graph, faces, audit),
         "anchors": _anchor_deviations(record),
-        "placed": [p["organ"] for p in record.placed],
-        "skipped": [{"organ": s["organ"], "reason": str(s["reason"])} for s in record.skipped],
+        "placed": [p.organ for p in record.placed],
+        "skipped": [
+            {"organ": s.organ, "reason_kind": s.reason_kind, "reason": s.reason, "cause": s.cause}
+            for s in record.skipped
+        ],
         "unreachable": list(record.unreachable),
         "retries": int(record.retries),
     }
@@ -278,12 +267,6 @@ def _quartiles(values: Sequence[float]) -> dict | None:
         return None
     q1, median, q3 = np.percentile(np.asarray(values, float), [25, 50, 75])
     return {"median": round(float(median), 3), "q1": round(float(q1), 3), "q3": round(float(q3), 3)}
-
-
-def _reason_kind(reason: str) -> str:
-    """A skip reason without its sample-specific percentages, so equal causes count together."""
-    reason = re.sub(r"adjacent overlap \d+% > ", "adjacent overlap > ", reason)
-    return re.sub(r"only \d+% inside", "too little inside", reason)
 
 
 def _organ_table(samples: Sequence[dict], organs: Sequence[str], spacing: float) -> dict:
@@ -298,7 +281,7 @@ def _organ_table(samples: Sequence[dict], organs: Sequence[str], spacing: float)
         unreachable.update(s["unreachable"])
         for sk in s["skipped"]:
             skipped[sk["organ"]] += 1
-            reasons[sk["organ"]][_reason_kind(sk["reason"])] += 1
+            reasons[sk["organ"]][sk["cause"]] += 1
     table = {}
     for organ in organs:
         attempted = placed[organ] + skipped[organ]
@@ -340,13 +323,13 @@ def _anchor_summary(samples: Sequence[dict], organs: Sequence[str]) -> dict:
 
 def _contact_summary(samples: Sequence[dict]) -> dict:
     out = {}
-    for relation in ("disjoint", "adjacent", "inside"):
+    for relation in RELATIONS:
         voxels = [s["contact_voxels"][relation] for s in samples]
         out[relation] = {"voxels_total": int(sum(voxels)), "samples_with_contact": int(sum(v > 0 for v in voxels))}
     pairs = Counter()
     for s in samples:
         pairs.update(s["disjoint_contact_faces"])
-    out["disjoint"]["top_pairs_faces"] = dict(pairs.most_common(10))
+    out[DISJOINT]["top_pairs_faces"] = dict(pairs.most_common(10))
     return out
 
 
@@ -398,9 +381,9 @@ def aggregate(
     inside, below = _inside_summary(samples, min_inside_fraction)
     anchors = _anchor_summary(samples, organs)
     values = {
-        "disjoint_overlap_voxels": violations["disjoint"] if audited else None,
-        "adjacent_overwrite_voxels": violations["adjacent"] if audited else None,
-        "parent_over_child_voxels": violations["contains"] if audited else None,
+        "disjoint_overlap_voxels": violations[DISJOINT] if audited else None,
+        "adjacent_overwrite_voxels": violations[ADJACENT] if audited else None,
+        "parent_over_child_voxels": violations[CONTAINS] if audited else None,
         "children_below_min_inside": below if audited and min_inside_fraction is not None else None,
         "organs_outside_tolerance": anchors["outside_tolerance"],
         "samples_with_invalid_ids": sum(
@@ -440,151 +423,3 @@ def aggregate(
         },
         "organs": _organ_table(samples, organs, spacing),
     }
-
-
-# ---------------------------------------------------------------------------------------------- generation
-def _label_maker(source):
-    """The :class:`RandAnatomyLabel` inside ``source`` (the transform itself, a dict form or a synth composite)."""
-    inner = source
-    for attribute in ("maker", "label_maker"):
-        inner = getattr(inner, attribute, inner)
-    if not isinstance(inner, RandAnatomyLabel):
-        raise TypeError(
-            "plausibility_report: expected a shape bank, a bank path, None or an anatomy transform "
-            f"(RandAnatomyLabel, RandAnatomyLabeld, RandAnatomySynth, RandAnatomySynthd), got {type(source).__name__}"
-        )
-    return inner
-
-
-class _AuditedSamples(Dataset):
-    """Sample ``i``: the label maker seeded from ``(seed, 0, i)``, audited and measured; returns the metrics."""
-
-    def __init__(self, label_maker, seed: int, n: int):
-        self.label_maker = copy.deepcopy(label_maker)  # the audit wraps the copy's placer, never the caller's
-        self.audit = InsertAudit(self.label_maker.placer)
-        self.seed, self.n = int(seed), int(n)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        self.label_maker.set_random_state(seed=sample_seed(self.seed, 0, index))
-        self.audit.reset()
-        label = self.label_maker()
-        return sample_metrics(label, self.label_maker.last_record, self.label_maker.placer.graph, self.audit.snapshot())
-
-
-def _keep(item):
-    return item
-
-
-def plausibility_report(
-    source: RandAnatomyLabel | ShapeBank | str | os.PathLike | None = None,
-    n: int = 1000,
-    seed: int = 0,
-    patch_size: Sequence[int] | int = 96,
-    workers: int = 0,
-    progress: bool = False,
-    **label_kwargs,
-) -> dict:
-    """Generate ``n`` anatomy label patches and report how plausible they are (see :func:`aggregate`).
-
-    Args:
-        source: a :class:`ShapeBank`, a bank file, None (default bank), or an anatomy transform
-            (``RandAnatomyLabel``, ``RandAnatomyLabeld``, ``RandAnatomySynth``, ``RandAnatomySynthd``; its own
-            patch size and options are used and ``patch_size`` / ``label_kwargs`` are ignored).
-        n: number of patches.
-        seed: base seed; patch ``i`` is seeded from ``(seed, 0, i)`` as in ``SyntheticDataset``.
-        patch_size: patch size in voxels (int or 3 ints) when ``source`` is a bank.
-        workers: DataLoader worker processes (0: in this process).
-        progress: show a tqdm progress bar.
-        label_kwargs: further :class:`RandAnatomyLabel` options (``organs``, ``topology``, ``jitter_scale`` ...).
-
-    Returns:
-        The aggregated report plus ``settings`` (n, seed, patch size, organs, placer options).
-    """
-    if int(n) < 1:
-        raise ValueError(f"plausibility_report: n must be >= 1, got {n}")
-    if source is None or isinstance(source, (ShapeBank, str, os.PathLike)):
-        size = (int(patch_size),) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(patch_size)
-        maker = RandAnatomyLabel(source, patch_size=size, **label_kwargs)
-    else:
-        maker = _label_maker(source)
-    placer = maker.placer
-    loader = DataLoader(_AuditedSamples(maker, seed, n), batch_size=None, num_workers=int(workers), collate_fn=_keep)
-    if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, total=int(n), desc="validate", unit="patch")
-    samples = list(loader)
-    report = aggregate(samples, placer.bank.organs, placer.bank.spacing, placer.min_inside_fraction)
-    report["settings"] = {
-        "n": int(n),
-        "seed": int(seed),
-        "patch_size": list(placer.patch_size),
-        "placement_order": list(placer.order),
-        "jitter_scale": placer.jitter_scale,
-        "max_tries": placer.max_tries,
-        "max_carve_fraction": placer.max_carve_fraction,
-        "min_inside_fraction": placer.min_inside_fraction,
-    }
-    return report
-
-
-# ---------------------------------------------------------------------------------------------- text
-def _fmt_volume(volume: dict | None) -> str:
-    if volume is None:
-        return "-"
-    return f"{volume['median']:.1f} ({volume['q1']:.1f}-{volume['q3']:.1f})"
-
-
-def format_report(report: Mapping) -> str:
-    """A readable text form of a :func:`plausibility_report` / :func:`aggregate` report."""
-    settings = report.get("settings", {})
-    size = "x".join(str(s) for s in settings.get("patch_size", [])) or "?"
-    lines = [
-        f"Plausibility of {report['samples']} anatomy patches ({size} voxels at {report['spacing']:g} mm, "
-        f"seed {settings.get('seed', '?')}, {report['num_classes']} classes): {'PASS' if report['ok'] else 'FAIL'}",
-        "checks (each must be 0):",
-    ]
-    for name, check in report["checks"].items():
-        value = "n/a" if check["value"] is None else check["value"]
-        lines.append(f"  {'ok  ' if check['ok'] else 'FAIL'} {name:30s} {value!s:>8}   {check['what']}")
-    overlap, contact, anchors, retries = report["overlap"], report["contact"], report["anchors"], report["retries"]
-    lines += [
-        f"allowed overlaps: adjacent voxels carved {overlap['adjacent_carved_voxels']}, "
-        f"parent voxels covered by inside children {overlap['inside_overwritten_voxels']}",
-        "contact in the label map (voxels with a 6-neighbour of that relation; information): "
-        + ", ".join(
-            f"{r} {contact[r]['voxels_total']} in {contact[r]['samples_with_contact']} patches"
-            for r in ("disjoint", "adjacent", "inside")
-        ),
-    ]
-    if contact["disjoint"]["top_pairs_faces"]:
-        pairs = ", ".join(f"{k} {v}" for k, v in list(contact["disjoint"]["top_pairs_faces"].items())[:5])
-        lines.append(f"  most touching disjoint pairs (faces): {pairs}")
-    for organ, row in report["inside"].items():
-        lines.append(
-            f"  inside: {organ} placed with its parent {row['placed_with_parent']} times, fraction taken from the "
-            f"parent min {row['fraction_min']} median {row['fraction_median']}, enclosure median "
-            f"{row['enclosure_median']}"
-        )
-    lines += [
-        f"anchors: {anchors['placements']} placements, max deviation/tolerance {anchors['max_ratio']}, "
-        f"median deviation {anchors['median_deviation_mm']} mm",
-        f"retries: {retries['total']} rejected candidates, {retries['mean_per_sample']} per patch "
-        f"(max {retries['max_per_sample']})",
-        "organs per patch: median {median:g}, min {min}, max {max}; patches without any organ: {empty_patches}".format(
-            **report["organs_per_sample"]
-        ),
-        f"  {'organ':30s} {'present':>7s} {'volume ml, median (IQR)':>26s} {'placed':>6s} {'skipped':>7s} "
-        f"{'skip%':>6s} {'unreach':>7s}  main skip reason",
-    ]
-    for organ, row in report["organs"].items():
-        skip = "-" if row["skip_rate"] is None else f"{100 * row['skip_rate']:.1f}"
-        reason = next(iter(row["skip_reasons"]), "")
-        lines.append(
-            f"  {organ:30s} {100 * row['presence_rate']:6.1f}% {_fmt_volume(row['volume_ml']):>26s} "
-            f"{row['placed']:6d} {row['skipped']:7d} {skip:>6s} {row['unreachable']:7d}  {reason}"
-        )
-    return "\n".join(lines)

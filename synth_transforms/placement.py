@@ -10,62 +10,29 @@ anchor cannot reach the patch are not processed at all.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ._args import as_size3, check_fraction, check_non_negative, check_positive_int, check_range
 from .anchors import AnchorModel
 from .bank import ShapeBank
+from .placement_records import (
+    DISJOINT_OVERLAP,
+    OUTSIDE,
+    Insertion,
+    PlacedOrgan,
+    PlacementRecord,
+    SkippedOrgan,
+    Violation,
+)
 from .topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
 
-__all__ = ["OrganPlacer", "PlacementRecord", "random_rotation"]
+__all__ = ["OrganPlacer", "PlacementRecord", "PlacedOrgan", "SkippedOrgan", "Violation", "Insertion", "random_rotation"]
 
-
-@dataclass
-class PlacementRecord:
-    """What one placement did.
-
-    Attributes:
-        origin_mm: frame position (mm) of the patch's first voxel.
-        spacing: voxel size (mm).
-        donor: the subject whose layout this patch follows.
-        placed: one dict per placed organ (``position_mm`` is where its centroid goes before the local scale,
-            rotation and deformation, which pivot on the organ point nearest the patch centre): ``organ``,
-            ``class_id``, ``subject``, ``position_mm``,
-            ``expected_mm``, ``tolerance_mm``, ``tries``, ``voxels`` (in the patch, after carving).
-        skipped: one dict per organ given up after ``max_tries`` violating candidates: ``organ``, ``tries``,
-            ``reason`` (the last violation).
-        unreachable: organs not processed because their anchor cannot reach the patch.
-    """
-
-    origin_mm: np.ndarray
-    spacing: float
-    donor: str | None = None
-    placed: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-    unreachable: list[str] = field(default_factory=list)
-
-    @property
-    def retries(self) -> int:
-        """Total number of rejected candidates."""
-        return sum(p["tries"] - 1 for p in self.placed) + sum(s["tries"] for s in self.skipped)
-
-    def to_dict(self) -> dict:
-        """JSON-friendly form."""
-
-        def clean(d):
-            return {k: (np.asarray(v).round(2).tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
-
-        return {
-            "origin_mm": np.asarray(self.origin_mm).round(2).tolist(),
-            "spacing": self.spacing,
-            "donor": self.donor,
-            "placed": [clean(p) for p in self.placed],
-            "skipped": [clean(s) for s in self.skipped],
-            "unreachable": list(self.unreachable),
-        }
+_OUTSIDE = Violation.outside()
 
 
 @dataclass
@@ -95,6 +62,8 @@ class OrganPlacer:
         donor_prob: each patch draws a donor subject; each organ takes the donor's shape with this probability
             (else a random subject's) and is anchored at the donor's own position for it when measured there
             (else the bank mean). Layouts from one body collide less; 0 mixes subjects freely.
+        observers: callables given an :class:`Insertion` after each accepted write (an audit, a test spy); the
+            public list ``observers`` can be changed later. They must not write to the patch.
     """
 
     def __init__(
@@ -112,23 +81,21 @@ class OrganPlacer:
         max_carve_fraction: float = 0.3,
         min_inside_fraction: float = 0.5,
         donor_prob: float = 0.9,
+        observers: Sequence[Callable[[Insertion], None]] = (),
     ):
-        self.patch_size = _check_patch_size(patch_size)
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
-        if jitter_scale < 0 or rotation_deg < 0 or deform_mm < 0:
-            raise ValueError("jitter_scale, rotation_deg and deform_mm must be >= 0")
-        if max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-        for name, value in [
-            ("max_carve_fraction", max_carve_fraction),
-            ("min_inside_fraction", min_inside_fraction),
-            ("donor_prob", donor_prob),
-        ]:
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        if len(bank.organs) > 255:
-            raise ValueError(f"at most 255 organs are supported, the bank has {len(bank.organs)}")
+        owner = "OrganPlacer"
+        self.patch_size = as_size3(patch_size, owner=owner, max_voxels=512)
+        self.scale_range = check_range(scale_range, "scale_range", owner, low=0.0, strict_low=True)
+        self.jitter_scale = check_non_negative(jitter_scale, "jitter_scale", owner)
+        self.rotation_rad = np.deg2rad(check_non_negative(rotation_deg, "rotation_deg", owner))
+        deform_mm = check_non_negative(deform_mm, "deform_mm", owner)
+        self.max_tries = check_positive_int(max_tries, "max_tries", owner)
+        self.max_carve_fraction = check_fraction(max_carve_fraction, "max_carve_fraction", owner)
+        self.min_inside_fraction = check_fraction(min_inside_fraction, "min_inside_fraction", owner)
+        self.donor_prob = check_fraction(donor_prob, "donor_prob", owner)
+        if len(bank.organs) > 255:  # the patch is uint8
+            raise ValueError(f"{owner}: at most 255 organs are supported, the bank has {len(bank.organs)}")
+        self.observers = list(observers)
         self.bank = bank
         self.anchors = anchors if anchors is not None else AnchorModel.from_bank(bank)
         self.graph = graph if graph is not None else TopologyGraph.from_bank(bank)
@@ -136,14 +103,7 @@ class OrganPlacer:
             raise ValueError("anchors and topology graph must cover the bank's organs in the bank's class order")
         organs = bank.check_organs(organs) if organs is not None else bank.organs
         self.order = self.graph.placement_order(bank.median_volume_ml, organs)
-        self.jitter_scale = float(jitter_scale)
-        self.scale_range = tuple(float(s) for s in scale_range)
-        self.rotation_rad = np.deg2rad(rotation_deg)
         self.deform_vox = deform_mm / bank.spacing
-        self.max_tries = int(max_tries)
-        self.max_carve_fraction = float(max_carve_fraction)
-        self.min_inside_fraction = float(min_inside_fraction)
-        self.donor_prob = float(donor_prob)
         self.table = torch.from_numpy(self.graph.code_table().astype(np.int64))
         self.writable = (self.table == CODE_FREE) | (self.table == CODE_OVERWRITE)
         self.parent_ids = {o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order}
@@ -204,7 +164,7 @@ class OrganPlacer:
                 record.unreachable.append(organ)
                 continue
             parents = [p for p in self.parent_ids[organ] if p in placed_ids]
-            reason = None
+            violation = None
             for tries in range(1, self.max_tries + 1):
                 # each retry draws fresh jitter of shrinking amplitude (1, 1 - 1/max_tries, ...), so later
                 # tries approach the anchor itself
@@ -214,34 +174,25 @@ class OrganPlacer:
                 pos, expected = self.anchors.sample(index, rng, self.jitter_scale * damping, placed_pos, subject)
                 warp = self._draw_warp(shape, (pos - origin) / spacing, rng, damping)
                 if warp is None:
-                    reason = "outside"
+                    violation = _OUTSIDE
                     break
-                reason, overlap = self._try_insert(canvas, shape, warp, cls_id, parents)
-                if reason == "outside":
-                    break
-                if reason is None:
+                violation, carved, overwritten = self._try_insert(canvas, shape, warp, cls_id, parents)
+                if violation is None:
                     placed_pos[index] = pos
                     placed_ids.add(cls_id)
+                    tolerance = self.anchors.tolerance_mm(index, self.jitter_scale)
                     record.placed.append(
-                        {
-                            "organ": organ,
-                            "class_id": cls_id,
-                            "subject": shape.subject,
-                            "position_mm": pos,
-                            "expected_mm": expected,
-                            "tolerance_mm": self.anchors.tolerance_mm(index, self.jitter_scale),
-                            "tries": tries,
-                            **overlap,
-                        }
+                        PlacedOrgan(organ, cls_id, shape.subject, pos, expected, tolerance, tries, carved, overwritten)
                     )
+                if violation is None or violation.kind == OUTSIDE:
                     break
-            if reason == "outside":
+            if violation is not None and violation.kind == OUTSIDE:
                 record.unreachable.append(organ)
-            elif reason is not None:
-                record.skipped.append({"organ": organ, "tries": self.max_tries, "reason": reason})
+            elif violation is not None:
+                record.skipped.append(SkippedOrgan.from_violation(organ, self.max_tries, violation))
         counts = torch.bincount(canvas.flatten().long(), minlength=self.bank.num_classes)
         for p in record.placed:
-            p["voxels"] = int(counts[p["class_id"]])
+            p.voxels = int(counts[p.class_id])
         return canvas, record
 
     def _pick_shape(self, organ: str, donor: str, rng: np.random.RandomState) -> _Shape:
@@ -310,21 +261,26 @@ class OrganPlacer:
         # index_select with int32 indices is several times faster than advanced indexing with int64 here
         return shape.flat.index_select(0, flat_index.int().view(-1)).view(flat_index.shape)
 
-    def _violation(self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]) -> tuple[str | None, dict]:
-        """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones)."""
+    def _violation(
+        self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]
+    ) -> tuple[Violation | None, int, int]:
+        """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones).
+
+        Returns ``(violation or None, voxels to carve, voxels to overwrite)``.
+        """
         codes = self.table[cls_id][existing]
         counts = torch.bincount(codes, minlength=5)
         if counts[CODE_DISJOINT] > 0:
             hit = torch.unique(existing[codes == CODE_DISJOINT]).tolist()
-            return "disjoint overlap with " + ", ".join(self.bank.organs[h - 1] for h in hit), {}
+            return Violation.disjoint([self.bank.organs[h - 1] for h in hit]), 0, 0
         carved = int(counts[CODE_CARVE] + counts[CODE_KEEP])
         if carved > self.max_carve_fraction * n:
-            return f"adjacent overlap {carved / n:.0%} > {self.max_carve_fraction:.0%}", {}
+            return Violation.adjacent_overlap(carved / n, self.max_carve_fraction), 0, 0
         if parents:
             inside = int(sum((existing == p).sum() for p in parents))
             if inside < self.min_inside_fraction * n:
-                return f"only {inside / n:.0%} inside its parent", {}
-        return None, {"carved": carved, "overwritten": int(counts[CODE_OVERWRITE])}
+                return Violation.inside_fraction(inside / n), 0, 0
+        return None, carved, int(counts[CODE_OVERWRITE])
 
     def _clearly_overcarved(self, existing: torch.Tensor, cls_id: int, n: int, min_voxels: int = 500) -> bool:
         """Coarse test: the adjacent overlap exceeds the limit by a safe margin on a well-sampled organ."""
@@ -336,12 +292,12 @@ class OrganPlacer:
 
     def _try_insert(
         self, canvas: torch.Tensor, shape: _Shape, warp: _Warp, cls_id: int, parents: list[int]
-    ) -> tuple[str | None, dict]:
-        """Check a candidate against the canvas and write it.
+    ) -> tuple[Violation | None, int, int]:
+        """Check a candidate against the canvas and write it, then tell the observers.
 
         A coarse pass (every second voxel) rejects most violating candidates at an eighth of the cost; the full
-        pass then checks and writes. Returns ``(None, overlap counts)`` on success, else ``(violation, {})``;
-        the violation is ``"outside"`` when the warped shape covers no voxel of the patch.
+        pass then checks and writes. Returns ``(None, voxels carved, voxels overwritten)`` on success, else
+        ``(violation, 0, 0)``, an ``outside`` one when the warped shape covers no voxel of the patch.
         """
         view = canvas[warp.region]
         if not parents:  # an inside test needs the full resolution; a coarse one could wrongly reject
@@ -351,28 +307,37 @@ class OrganPlacer:
             if bool(coarse_hits.any()):
                 existing = coarse_view[coarse_hits].long()
                 n_coarse = int(coarse.sum())
-                reason, _ = self._violation(existing, cls_id, max(n_coarse, 1), parents)
+                violation = self._violation(existing, cls_id, max(n_coarse, 1), parents)[0]
                 # a disjoint hit is certain; an adjacent overlap estimated from every 8th voxel is trusted only
                 # when it is clearly over the limit and the organ is large enough for the estimate to be tight
-                if reason is not None and (
-                    reason.startswith("disjoint") or self._clearly_overcarved(existing, cls_id, n_coarse)
+                if violation is not None and (
+                    violation.kind == DISJOINT_OVERLAP or self._clearly_overcarved(existing, cls_id, n_coarse)
                 ):
-                    return reason, {}
+                    return violation, 0, 0
         cand = self._sample(shape, warp)
         n = int(cand.sum())
         if n == 0:
-            return "outside", {}
+            return _OUTSIDE, 0, 0
         hits = (view != 0) & cand
+        before = view.clone() if self.observers else None
         if not parents and not bool(hits.any()):  # a child on empty ground still fails its inside check
             view.masked_fill_(cand, cls_id)
-            return None, {"carved": 0, "overwritten": 0}
+            self._notify(cls_id, warp, before, view, cand, parents)
+            return None, 0, 0
         existing = view[hits].long()
-        reason, overlap = self._violation(existing, cls_id, n, parents)
-        if reason is None:
+        violation, carved, overwritten = self._violation(existing, cls_id, n, parents)
+        if violation is None:
             keep = torch.zeros_like(hits)
             keep[hits] = ~self.writable[cls_id][existing]
             view.masked_fill_(cand & ~keep, cls_id)
-        return reason, overlap
+            self._notify(cls_id, warp, before, view, cand, parents)
+        return violation, carved, overwritten
+
+    def _notify(self, cls_id: int, warp: _Warp, before, after: torch.Tensor, mask: torch.Tensor, parents) -> None:
+        if self.observers:
+            insertion = Insertion(cls_id, warp.region, before, after, mask, tuple(parents))
+            for observer in self.observers:
+                observer(insertion)
 
 
 @dataclass
@@ -417,12 +382,3 @@ def _prepare(shape) -> _Shape:
 def _box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     """Euclidean distance from a point to an axis-aligned box (0 inside)."""
     return float(np.linalg.norm(np.maximum(np.maximum(lo - point, point - hi), 0.0)))
-
-
-def _check_patch_size(patch_size: Sequence[int]) -> tuple[int, int, int]:
-    size = tuple(patch_size) if not isinstance(patch_size, int) else (patch_size,) * 3
-    if len(size) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"patch_size must be 3 positive integers, got {patch_size!r}")
-    if max(size) > 512:
-        raise ValueError(f"patch_size {size} is too large: at most 512 voxels per axis")
-    return tuple(int(s) for s in size)

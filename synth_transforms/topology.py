@@ -22,13 +22,29 @@ import numpy as np
 from .bank import ShapeBank
 from .io import read_json, write_json_atomic
 
-__all__ = ["TopologyGraph", "RELATIONS", "DISJOINT", "ADJACENT", "INSIDE"]
+__all__ = [
+    "TopologyGraph",
+    "RELATIONS",
+    "DISJOINT",
+    "ADJACENT",
+    "INSIDE",
+    "CONTAINS",
+    "RELATION_CODES",
+    "CODE_RELATIONS",
+]
 
 DISJOINT, ADJACENT, INSIDE = "disjoint", "adjacent", "inside"
 RELATIONS = (DISJOINT, ADJACENT, INSIDE)
+#: ``inside`` seen from the parent: what :meth:`TopologyGraph.relation` answers for (parent, child). Never stored.
+CONTAINS = "contains"
 
 # Codes of the lookup table used in the placement hot path: CODE[new, existing].
 CODE_FREE, CODE_DISJOINT, CODE_CARVE, CODE_OVERWRITE, CODE_KEEP = 0, 1, 2, 3, 4
+#: Code of each relation of the new organ (row) to the existing one (column): disjoint rejects, adjacent overlap is
+#: carved out of the new organ, a child overwrites its parent, a parent keeps its child's voxels.
+RELATION_CODES = {DISJOINT: CODE_DISJOINT, ADJACENT: CODE_CARVE, INSIDE: CODE_OVERWRITE, CONTAINS: CODE_KEEP}
+#: Relation name of each code (the inverse of :data:`RELATION_CODES`).
+CODE_RELATIONS = {code: relation for relation, code in RELATION_CODES.items()}
 
 
 class TopologyGraph:
@@ -85,7 +101,7 @@ class TopologyGraph:
         """Relation of ``a`` to ``b``: ``disjoint``, ``adjacent``, ``inside`` (a in b) or ``contains`` (b in a)."""
         rel, parent = self._pairs.get(frozenset((a, b)), (self.default, None))
         if rel == INSIDE:
-            return INSIDE if parent == b else "contains"
+            return INSIDE if parent == b else CONTAINS
         return rel
 
     def parents(self, organ: str) -> list[str]:
@@ -117,13 +133,12 @@ class TopologyGraph:
     def code_table(self) -> np.ndarray:
         """``(n + 1, n + 1)`` int8 table indexed ``[new class, existing class]`` (class = organ index + 1)."""
         n = len(self.organs)
-        table = np.full((n + 1, n + 1), CODE_DISJOINT if self.default == DISJOINT else CODE_CARVE, dtype=np.int8)
+        table = np.full((n + 1, n + 1), RELATION_CODES[self.default], dtype=np.int8)
         table[:, 0] = CODE_FREE
-        codes = {DISJOINT: CODE_DISJOINT, ADJACENT: CODE_CARVE, INSIDE: CODE_OVERWRITE, "contains": CODE_KEEP}
         for i, a in enumerate(self.organs, start=1):
             for j, b in enumerate(self.organs, start=1):
                 if i != j:
-                    table[i, j] = codes[self.relation(a, b)]
+                    table[i, j] = RELATION_CODES[self.relation(a, b)]
         table[np.arange(n + 1), np.arange(n + 1)] = CODE_FREE
         return table
 

@@ -8,6 +8,14 @@ import pytest
 import torch
 
 from synth_transforms import ADJACENT, DISJOINT, INSIDE, AnchorModel, OrganPlacer, TopologyGraph, load_bank
+from synth_transforms.placement_records import (
+    ADJACENT_OVERLAP,
+    DISJOINT_OVERLAP,
+    INSIDE_FRACTION,
+    PlacedOrgan,
+    SkippedOrgan,
+    Violation,
+)
 
 PATCH = (64, 64, 64)
 #: Rigid placement: no scale, rotation or deformation, so a placed organ is an exact voxel copy of a bank shape.
@@ -77,17 +85,18 @@ def test_disjoint_organs_never_overlap(toy_bank):
         label, record = placer(np.random.RandomState(seed), center)
         label = label.numpy()
         for p in record.placed:
-            mask = label == p["class_id"]
-            assert mask.sum() == p["voxels"] > 0 and not _touches_border(mask)
-            copies = [s.mask for s in toy_bank.shapes[p["organ"]]]
+            mask = label == p.class_id
+            assert mask.sum() == p.voxels > 0 and not _touches_border(mask)
+            copies = [s.mask for s in toy_bank.shapes[p.organ]]
             crop = _crop(mask)
-            assert any(c.shape == crop.shape and np.array_equal(c, crop) for c in copies), (seed, p["organ"])
-            assert p["carved"] == p["overwritten"] == 0
-        placed = {p["organ"] for p in record.placed}
+            assert any(c.shape == crop.shape and np.array_equal(c, crop) for c in copies), (seed, p.organ)
+            assert p.carved == p.overwritten == 0
+        placed = {p.organ for p in record.placed}
         for s in record.skipped:
-            assert s["tries"] == placer.max_tries and not (label == toy_bank.class_id(s["organ"])).any()
-            hit = s["reason"].removeprefix("disjoint overlap with ")
-            assert hit != s["reason"] and set(hit.split(", ")) <= placed, s
+            assert s.tries == placer.max_tries and not (label == toy_bank.class_id(s.organ)).any()
+            assert s.reason_kind == DISJOINT_OVERLAP and s.cause == s.reason
+            hit = s.reason.removeprefix("disjoint overlap with ")
+            assert hit != s.reason and set(hit.split(", ")) <= placed, s
         skipped += len(record.skipped)
     assert skipped > 0  # the jitter made organs collide, so the check was exercised
 
@@ -103,7 +112,7 @@ def test_children_stay_inside_their_parents(toy_bank):
     for seed in range(16):
         label, record = placer(np.random.RandomState(seed), center)
         label = label.numpy()
-        names = [p["organ"] for p in record.placed]
+        names = [p.organ for p in record.placed]
         if "core" not in names:
             continue
         assert "capsule" in names and names.index("capsule") < names.index("core")
@@ -114,56 +123,73 @@ def test_children_stay_inside_their_parents(toy_bank):
         within = np.all((core_voxels >= lo) & (core_voxels <= hi), axis=1).mean()
         assert within >= placer.min_inside_fraction, (seed, within)
         core_record = record.placed[names.index("core")]
-        assert core_record["overwritten"] >= placer.min_inside_fraction * core_record["voxels"]
+        assert core_record.overwritten >= placer.min_inside_fraction * core_record.voxels
     assert placed_both >= 8
 
 
 @pytest.mark.parametrize("organ", ["liver", "kidney_left", "urinary_bladder"])
-def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ, monkeypatch):
-    """Spy on each insertion and check it against the graph's relations (not the placer's code table)."""
+def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ):
+    """Observe each accepted insertion and check it against the graph's relations (not the placer's code table).
+
+    Replaying the observed writes must rebuild each patch exactly: nothing else (no rejected candidate, no write
+    outside a candidate's region) changed it.
+    """
     graph = TopologyGraph(bank.organs, graph.edges()).set("portal_vein_and_splenic_vein", INSIDE, "liver")
-    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, jitter_scale=1.0)
+    events = []
+    placer = OrganPlacer(
+        bank,
+        anchors,
+        graph,
+        patch_size=PATCH,
+        jitter_scale=1.0,
+        observers=[lambda i: events.append((i, i.after.clone()))],
+    )
     relation = {
         (a, b): graph.relation(bank.organs[a - 1], bank.organs[b - 1])
         for a in range(1, bank.num_classes)
         for b in range(1, bank.num_classes)
         if a != b
     }
-    events = []
-    original = OrganPlacer._try_insert
-
-    def spy(self, canvas, shape, warp, cls_id, parents):
-        before = canvas.clone()
-        candidate = self._sample(shape, warp)
-        result = original(self, canvas, shape, warp, cls_id, parents)
-        events.append((before, canvas.clone(), warp.region, candidate, cls_id, parents, result[0]))
-        return result
-
-    monkeypatch.setattr(OrganPlacer, "_try_insert", spy)
-    for seed in range(5):
-        placer(np.random.RandomState(seed), _center(anchors, bank, organ))
     accepted = inside_checked = 0
-    for before, after, region, candidate, cls_id, parents, reason in events:
-        if reason is not None:
-            assert torch.equal(before, after)  # a rejected candidate leaves no trace
-            continue
-        accepted += 1
-        under = before[region][candidate].numpy()
-        others = under[under != 0]
-        assert all(relation[cls_id, o] != DISJOINT for o in np.unique(others))
-        kept = [o != 0 and relation[cls_id, o] != INSIDE for o in under]
-        assert sum(kept) <= placer.max_carve_fraction * len(under)
-        expected = np.where(kept, under, cls_id)
-        assert np.array_equal(after[region][candidate].numpy(), expected)
-        outside = torch.ones_like(after, dtype=torch.bool)
-        outside[region] = ~candidate
-        assert torch.equal(after[outside], before[outside])
-        if parents:
-            inside_checked += 1
-            assert np.isin(under, parents).mean() >= placer.min_inside_fraction
+    for seed in range(5):
+        events.clear()
+        label, record = placer(np.random.RandomState(seed), _center(anchors, bank, organ))
+        replay = torch.zeros_like(label)
+        for insertion, after in events:
+            before, candidate, cls_id = insertion.before, insertion.mask, insertion.cls_id
+            assert torch.equal(replay[insertion.region], before)  # nothing touched the patch since the last write
+            under = before[candidate].numpy()
+            others = under[under != 0]
+            assert all(relation[cls_id, o] != DISJOINT for o in np.unique(others))
+            kept = [o != 0 and relation[cls_id, o] != INSIDE for o in under]
+            assert sum(kept) <= placer.max_carve_fraction * len(under)
+            assert np.array_equal(after[candidate].numpy(), np.where(kept, under, cls_id))
+            assert torch.equal(after[~candidate], before[~candidate])
+            if insertion.parents:
+                inside_checked += 1
+                assert np.isin(under, insertion.parents).mean() >= placer.min_inside_fraction
+            replay[insertion.region] = after
+            accepted += 1
+        assert torch.equal(replay, label)
+        assert [i.cls_id for i, _ in events] == [p.class_id for p in record.placed]  # one write per placed organ
     assert accepted > 10
     if organ == "liver":
         assert inside_checked > 0
+
+
+def test_observers_change_nothing_and_can_be_removed(bank, anchors, placer):
+    center = _center(anchors, bank, "liver")
+    plain, plain_record = placer(np.random.RandomState(3), center)
+    seen = []
+    placer.observers.append(seen.append)
+    try:
+        observed, observed_record = placer(np.random.RandomState(3), center)
+    finally:
+        placer.observers.remove(seen.append)
+    assert torch.equal(plain, observed) and plain_record.to_dict() == observed_record.to_dict()
+    assert [i.cls_id for i in seen] == [p.class_id for p in observed_record.placed]
+    placer(np.random.RandomState(4), center)
+    assert len(seen) == len(observed_record.placed) and placer.observers == []
 
 
 # ------------------------------------------------------------------------------------------ records and label map
@@ -173,19 +199,19 @@ def test_record_partitions_the_organs_and_matches_the_label(bank, anchors, place
     for seed, organ in enumerate(["liver", "urinary_bladder", "heart", "kidney_right"]):
         label, record = placer(np.random.RandomState(seed), _center(anchors, bank, organ))
         assert label.shape == PATCH and label.dtype == torch.uint8
-        placed = [p["organ"] for p in record.placed]
-        skipped = [s["organ"] for s in record.skipped]
+        placed = [p.organ for p in record.placed]
+        skipped = [s.organ for s in record.skipped]
         assert sorted(placed + skipped + record.unreachable) == sorted(placer.order)
         counts = np.bincount(label.numpy().ravel(), minlength=bank.num_classes)
         for p in record.placed:
-            assert p["class_id"] == bank.class_id(p["organ"]) and counts[p["class_id"]] == p["voxels"]
-            assert np.all(np.abs(p["position_mm"] - p["expected_mm"]) <= p["tolerance_mm"] + 1e-9)
-            assert 1 <= p["tries"] <= placer.max_tries and p["subject"] in bank.subjects
+            assert p.class_id == bank.class_id(p.organ) and counts[p.class_id] == p.voxels
+            assert np.all(np.abs(p.position_mm - p.expected_mm) <= p.tolerance_mm + 1e-9)
+            assert 1 <= p.tries <= placer.max_tries and p.subject in bank.subjects
         for gone in skipped + record.unreachable:
             assert counts[bank.class_id(gone)] == 0, gone
         for s in record.skipped:
-            assert s["reason"] and s["tries"] == placer.max_tries
-        assert record.retries == sum(p["tries"] - 1 for p in record.placed) + sum(s["tries"] for s in record.skipped)
+            assert s.reason and s.tries == placer.max_tries
+        assert record.retries == sum(p.tries - 1 for p in record.placed) + sum(s.tries for s in record.skipped)
         assert record.donor in bank.subjects
         patch_centre = record.origin_mm + (np.array(PATCH) - 1) / 2 * bank.spacing
         np.testing.assert_allclose(patch_centre, _center(anchors, bank, organ))
@@ -198,7 +224,7 @@ def test_unreachable_organs_are_absent(bank, anchors, placer):
     present = set(np.unique(label.numpy()).tolist())
     assert not present & {bank.class_id(o) for o in record.unreachable}
     assert "urinary_bladder" not in record.unreachable
-    assert present - {0} <= {p["class_id"] for p in record.placed}
+    assert present - {0} <= {p.class_id for p in record.placed}
     far = placer(np.random.RandomState(0), np.full(3, 1e4))[1]
     assert sorted(far.unreachable) == sorted(placer.order) and not far.placed
 
@@ -211,8 +237,8 @@ def test_skipped_organs_are_recorded_and_absent(bank, anchors):
         label, record = placer(np.random.RandomState(seed), _center(anchors, bank, "liver"))
         present = set(np.unique(label.numpy()).tolist())
         for s in record.skipped:
-            assert s["tries"] == 1 and s["reason"].startswith("disjoint overlap with ")
-            assert bank.class_id(s["organ"]) not in present
+            assert s.tries == 1 and s.reason_kind == DISJOINT_OVERLAP and s.reason.startswith("disjoint overlap with ")
+            assert bank.class_id(s.organ) not in present
         skipped += len(record.skipped)
     assert skipped > 0
 
@@ -222,8 +248,8 @@ def test_zero_jitter_places_at_the_anchor(bank, anchors):
     _, record = placer(np.random.RandomState(0), _center(anchors, bank, "liver"))
     assert record.placed
     for p in record.placed:
-        np.testing.assert_array_equal(p["position_mm"], p["expected_mm"])
-        np.testing.assert_array_equal(p["tolerance_mm"], 0.0)
+        np.testing.assert_array_equal(p.position_mm, p.expected_mm)
+        np.testing.assert_array_equal(p.tolerance_mm, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------------ randomness
@@ -262,8 +288,8 @@ def test_organ_subset(bank, anchors):
     for seed in range(3):
         label, record = placer(np.random.RandomState(seed), _center(anchors, bank, "kidney_left"))
         assert set(np.unique(label.numpy()).tolist()) <= allowed
-        assert {p["organ"] for p in record.placed} <= set(organs)
-        assert any(p["organ"] == "kidney_left" for p in record.placed)
+        assert {p.organ for p in record.placed} <= set(organs)
+        assert any(p.organ == "kidney_left" for p in record.placed)
 
 
 def test_non_cubic_patch(bank, anchors):
@@ -293,7 +319,8 @@ def test_non_cubic_patch(bank, anchors):
     ids=lambda kw: next(iter(kw)),
 )
 def test_bad_arguments(bank, anchors, graph, kwargs):
-    with pytest.raises(ValueError):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match="organ list is empty" if name == "organs" else f"OrganPlacer: {name} must be"):
         OrganPlacer(bank, anchors, graph, **kwargs)
 
 
@@ -313,8 +340,44 @@ def test_adjacent_default_graph_carves_instead_of_rejecting(toy_bank):
     for seed in range(8):
         _, record = placer(np.random.RandomState(seed), _toy_center(toy_bank))
         for s in record.skipped:
-            assert s["reason"].startswith("adjacent overlap")
+            assert s.reason_kind == ADJACENT_OVERLAP and s.reason.startswith("adjacent overlap")
         for p in record.placed:
-            assert p["carved"] <= placer.max_carve_fraction * (p["voxels"] + p["carved"])
-            carved += p["carved"]
+            assert p.carved <= placer.max_carve_fraction * (p.voxels + p.carved)
+            carved += p.carved
     assert carved > 0
+
+
+# ------------------------------------------------------------------------------------------------- typed records
+
+
+def test_violations_keep_kind_text_and_cause_apart():
+    adjacent = Violation.adjacent_overlap(0.414, 0.3)
+    assert adjacent == (ADJACENT_OVERLAP, "adjacent overlap 41% > 30%", "adjacent overlap > 30%")
+    inside = Violation.inside_fraction(0.2)
+    assert inside == (INSIDE_FRACTION, "only 20% inside its parent", "too little inside its parent")
+    disjoint = Violation.disjoint(["liver", "spleen"])
+    assert (
+        disjoint.kind == DISJOINT_OVERLAP and disjoint.text == disjoint.cause == "disjoint overlap with liver, spleen"
+    )
+    skipped = SkippedOrgan.from_violation("gallbladder", 6, adjacent)
+    assert (skipped.reason_kind, skipped.reason, skipped.cause) == adjacent
+    assert skipped.to_dict() == {"organ": "gallbladder", "tries": 6, "reason": "adjacent overlap 41% > 30%"}
+
+
+def test_placed_organ_to_dict_keeps_the_record_layout():
+    vec = np.array([1.234, 2.345, 3.456])
+    placed = PlacedOrgan("liver", 6, "s1", vec, vec + 1, np.ones(3), tries=2, carved=5, overwritten=1)
+    keys = ["organ", "class_id", "subject", "position_mm", "expected_mm", "tolerance_mm", "tries", "carved"]
+    assert list(placed.to_dict()) == [*keys, "overwritten"]  # no voxels before the patch is finished
+    placed.voxels = 40
+    data = placed.to_dict()
+    assert list(data) == [*keys, "overwritten", "voxels"]
+    assert data["position_mm"] == [1.23, 2.35, 3.46] and data["voxels"] == 40 and json.dumps(data)
+
+
+def test_record_dict_of_a_real_placement(bank, anchors, placer):
+    _, record = placer(np.random.RandomState(1), _center(anchors, bank, "stomach"))
+    data = record.to_dict()
+    assert [p["organ"] for p in data["placed"]] == [p.organ for p in record.placed]
+    assert all(set(p) == {f for f in PlacedOrgan.__dataclass_fields__} for p in data["placed"])
+    assert all(set(s) == {"organ", "tries", "reason"} for s in data["skipped"])

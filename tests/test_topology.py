@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 
 from synth_transforms import ADJACENT, DISJOINT, INSIDE, TopologyGraph, load_bank
-from synth_transforms.topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE
+from synth_transforms.topology import (
+    CODE_CARVE,
+    CODE_DISJOINT,
+    CODE_FREE,
+    CODE_KEEP,
+    CODE_OVERWRITE,
+    CODE_RELATIONS,
+    CONTAINS,
+    RELATION_CODES,
+    RELATIONS,
+)
 
 ORGANS = ["a", "b", "c", "d", "e"]
 
@@ -30,7 +40,7 @@ def test_derived_from_contact(bank):
     graph = TopologyGraph.from_bank(bank)
     assert graph.edges() == [("block_a", ADJACENT, "block_b"), ("core", INSIDE, "capsule")]
     assert graph.relation("block_b", "block_a") == ADJACENT
-    assert graph.relation("core", "capsule") == INSIDE and graph.relation("capsule", "core") == "contains"
+    assert graph.relation("core", "capsule") == INSIDE and graph.relation("capsule", "core") == CONTAINS
     assert graph.parents("core") == ["capsule"] and graph.parents("capsule") == []
     for other in bank.organs:
         if other != "far_ball":
@@ -66,7 +76,7 @@ def test_default_bank_graph_is_anatomical():
 
 def test_relations_and_edges(graph):
     assert graph.relation("a", "b") == graph.relation("b", "a") == ADJACENT
-    assert graph.relation("c", "d") == INSIDE and graph.relation("d", "c") == "contains"
+    assert graph.relation("c", "d") == INSIDE and graph.relation("d", "c") == CONTAINS
     assert graph.relation("a", "e") == DISJOINT  # the default
     assert graph.edges() == [("a", ADJACENT, "b"), ("c", INSIDE, "d")]
     assert TopologyGraph(ORGANS, [("d", INSIDE, "c")]).edges() == [("d", INSIDE, "c")]
@@ -142,6 +152,18 @@ def test_code_table(graph):
     assert table[cls["a"], cls["c"]] == CODE_DISJOINT
     lenient = TopologyGraph(ORGANS, [("a", DISJOINT, "b")], default=ADJACENT).code_table()
     assert lenient[cls["a"], cls["b"]] == CODE_DISJOINT and lenient[cls["a"], cls["e"]] == CODE_CARVE
+
+
+def test_code_table_agrees_with_the_relation_names(graph):
+    """Every cell of the table is the code of ``relation(row organ, column organ)``, and the names map back."""
+    assert set(RELATION_CODES) == {*RELATIONS, CONTAINS}
+    assert {CODE_RELATIONS[c]: c for c in CODE_RELATIONS} == RELATION_CODES
+    assert CODE_FREE not in CODE_RELATIONS  # background and the organ itself have no relation
+    table = graph.code_table()
+    for i, a in enumerate(ORGANS, start=1):
+        for j, b in enumerate(ORGANS, start=1):
+            if i != j:
+                assert CODE_RELATIONS[int(table[i, j])] == graph.relation(a, b), (a, b)
 
 
 # ------------------------------------------------------------------------------------------------------------ JSON
