@@ -29,7 +29,6 @@ import os
 import sys
 from pathlib import Path
 
-import fire
 import yaml
 
 from synth_transforms.export import (
@@ -40,6 +39,7 @@ from synth_transforms.export import (
     read_network_state,
     save_atomic,
 )
+from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import atomic_path, write_json_atomic
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "anatomy_pretrain"
@@ -150,7 +150,8 @@ def release(
         run_dir: the training run's ``bundle_root`` (its ``models/model.pt`` is read unless ``weights`` is given).
         base_url: URL of the folder the released files will be uploaded to.
         message: changelog line of the new version.
-        weights: whole-network weights to release (``model.pt`` or a ``CheckpointSaver`` checkpoint).
+        weights: whole-network weights to release: ``model.pt`` or a training checkpoint in any layout that
+            ``synth_transforms.pretrained.load_pretrained`` reads (``CheckpointSaver`` files, ``module.`` prefixes).
         bundle: the bundle whose ``large_files.yml`` and ``configs/metadata.json`` are updated.
         release_dir: folder for the released files (default ``<run_dir>/release-<version>``).
         bump: version part to increase (``major``, ``minor``, ``patch``) when ``version`` is not given.
@@ -192,7 +193,7 @@ def release(
 
 
 def main(argv: list[str] | None = None) -> None:
-    fire.Fire(release, command=argv, serialize=lambda result: None)
+    run_fire(release, argv, name="release_weights.py")
 
 
 if __name__ == "__main__":

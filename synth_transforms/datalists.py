@@ -1,21 +1,37 @@
-"""Decathlon-format datalists for fine-tuning: checked file lists and fixed, recorded few-shot subsets."""
+"""Decathlon-format datalists for fine-tuning: checked file lists, fixed few-shot subsets and their records, and
+the class names of a dataset."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-__all__ = ["load_decathlon_split", "select_cases"]
+from ._args import check_positive_int
+from .io import read_json, write_json_atomic
+
+__all__ = ["CaseList", "load_decathlon_split", "select_cases", "write_case_record", "decathlon_class_names"]
 
 logger = logging.getLogger(__name__)
 
 _FILE_KEYS = ("image", "label")
+
+
+class CaseList(list):
+    """The case dictionaries of a split (a plain ``list``) and ``record``: which cases were chosen and how.
+
+    ``record`` is a Decathlon-style datalist (paths relative to the dataset folder, the list under its split name)
+    with the subset settings; :func:`write_case_record` writes it, so it can be passed back as a datalist to
+    reproduce a run.
+    """
+
+    def __init__(self, cases: Sequence[dict], record: dict) -> None:
+        super().__init__(cases)
+        self.record = record
 
 
 def load_decathlon_split(
@@ -40,13 +56,13 @@ def load_decathlon_split(
         num_cases: keep this many cases (a fixed subset, see :func:`select_cases`). Exclusive with ``fraction``.
         fraction: keep this fraction of the cases, in (0, 1], at least one case. Exclusive with ``num_cases``.
         seed: seed of the subset choice; the same seed and list always give the same cases.
-        record_path: if given, write the cases used (paths relative to ``dataset_dir``) to this JSON file. The file
-            is itself a Decathlon-style datalist (the list is stored under ``split``), so it can be passed back as
-            a datalist to reproduce a run.
+        record_path: if given, write the cases used (the returned list's ``record``) to this JSON file now. A
+            training config should rather write it when training completes, with
+            :class:`synth_transforms.handlers.CaseRecordSaver`, so that a failed run leaves no record.
         check_keys: entry keys whose files must exist; default ``("image", "label")`` where present.
 
     Returns:
-        The list of case dictionaries with absolute paths.
+        The case dictionaries with absolute paths, as a :class:`CaseList` (a list with the ``record`` of the choice).
 
     Raises:
         FileNotFoundError: ``dataset_dir``, the datalist or a file named by an entry does not exist.
@@ -98,8 +114,10 @@ def load_decathlon_split(
     chosen = select_cases(cases, num_cases=num_cases, fraction=fraction, seed=seed, what=f"{datalist_path} [{split}]")
     if len(chosen) < len(cases):
         logger.info(f"Using {len(chosen)} of {len(cases)} {split} cases of {datalist_path} (subset seed {seed}).")
+    record = _record(chosen, dataset_dir, split, datalist_path, len(cases), num_cases, fraction, seed)
+    chosen = CaseList(chosen, record)
     if record_path:
-        _record(record_path, chosen, dataset_dir, split, datalist_path, len(cases), num_cases, fraction, seed)
+        write_case_record(record_path, chosen)
     return chosen
 
 
@@ -141,8 +159,46 @@ def select_cases(
     return [ordered[i] for i in sorted(picked.tolist())]
 
 
+def decathlon_class_names(
+    datalist_path: str | os.PathLike, num_classes: int, include_background: bool = False
+) -> list[str]:
+    """Names of the classes, in id order, from the ``labels`` of a Decathlon ``dataset.json``: report column names.
+
+    Class ``i`` is named by ``labels[str(i)]`` (``{"0": "background", "1": "Anterior", ...}``). A class that the
+    datalist does not name, or whose name is empty, repeated or holds a comma or line break (it would break a CSV
+    header), is called ``label<i>``, so column ``k`` always names its class unambiguously.
+
+    Args:
+        datalist_path: the ``dataset.json``.
+        num_classes: classes including background.
+        include_background: start at class 0; by default the names of classes ``1..num_classes-1``, the columns of
+            metrics computed with ``include_background=False``.
+
+    Raises:
+        FileNotFoundError: the datalist does not exist.
+        ValueError: the datalist is not valid JSON; ``num_classes`` leaves no class to name.
+    """
+    first = 0 if include_background else 1
+    ids = range(first, check_positive_int(num_classes, "num_classes", "decathlon_class_names", minimum=first + 1))
+    content = read_json(datalist_path, "datalist")
+    labels = content.get("labels") if isinstance(content, dict) else None
+    labels = labels if isinstance(labels, dict) else {}
+    names = [str(labels.get(str(i), "")).strip() for i in ids]
+    usable = [bool(n) and names.count(n) == 1 and not any(c in n for c in ",\r\n") for n in names]
+    return [name if ok else f"label{i}" for i, name, ok in zip(ids, names, usable, strict=True)]
+
+
+def write_case_record(record_path: str | os.PathLike, cases: CaseList) -> None:
+    """Write the ``record`` of cases returned by :func:`load_decathlon_split` to ``record_path``, atomically."""
+    if not isinstance(getattr(cases, "record", None), dict):
+        raise TypeError(
+            f"write_case_record({os.fspath(record_path)!r}): expected the CaseList returned by load_decathlon_split, "
+            f"got {type(cases).__name__}"
+        )
+    write_json_atomic(record_path, cases.record)
+
+
 def _record(
-    record_path: str | os.PathLike,
     chosen: list[dict],
     dataset_dir: str,
     split: str,
@@ -151,8 +207,8 @@ def _record(
     num_cases: int | None,
     fraction: float | None,
     seed: int,
-) -> None:
-    """Write the chosen cases to ``record_path`` (temporary name, then rename)."""
+) -> dict:
+    """The record of the chosen cases: a Decathlon-style datalist relative to ``dataset_dir``, with the settings."""
 
     def rel(value):
         if isinstance(value, str):
@@ -161,7 +217,7 @@ def _record(
             return [rel(v) for v in value]
         return value
 
-    record = {
+    return {
         "description": "cases used by a run; a Decathlon-style datalist relative to dataset_dir",
         "source_datalist": os.path.abspath(datalist_path),
         "dataset_dir": os.path.abspath(dataset_dir),
@@ -172,15 +228,3 @@ def _record(
         "seed": seed,
         split: [{k: rel(v) if k in _FILE_KEYS else v for k, v in case.items()} for case in chosen],
     }
-    record_path = os.fspath(record_path)
-    folder = os.path.dirname(os.path.abspath(record_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, record_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

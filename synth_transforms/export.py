@@ -8,6 +8,8 @@ names (``mlp.fc1`` / ``mlp.fc2``). Both MONAI's ``SwinUNETR.load_from`` and
 feature_size 48 encoder in float16 stays under 16 MiB.
 
 The whole-network file (``model.pt``) is a plain ``state_dict``, as the MONAI bundle specification asks.
+:func:`read_network_state` and :func:`read_encoder_state` read weights back for a release; they accept every file
+layout that :func:`~synth_transforms.pretrained.load_pretrained` accepts (:mod:`synth_transforms.checkpoints`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import ENCODER_ATTRIBUTE, from_published, read_state_dict, to_published, unwrap_network
 from .io import atomic_path
 
 __all__ = [
@@ -39,22 +42,8 @@ logger = logging.getLogger(__name__)
 
 ENCODER_FILENAME = "model_swinvit.pt"
 NETWORK_FILENAME = "model.pt"
-ENCODER_ATTRIBUTE = "swinViT"
-_PUBLISHED_PREFIX = "module."
-_PUBLISHED_MLP_NAMES = ((".mlp.linear1.", ".mlp.fc1."), (".mlp.linear2.", ".mlp.fc2."))
-_CHECKPOINT_KEYS = ("network", "model", "state_dict")
+_ENCODER_KEY = "patch_embed.proj.weight"  # the first tensor of every Swin encoder
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
-    """Return the plain module inside DDP / DataParallel / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            network = network.module
-        elif hasattr(network, "_orig_mod"):
-            network = network._orig_mod
-        else:
-            return network
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -87,12 +76,6 @@ def _encoder_tensors(source: torch.nn.Module | Mapping[str, torch.Tensor]) -> di
     return tensors
 
 
-def _published_name(name: str) -> str:
-    for new, old in _PUBLISHED_MLP_NAMES:
-        name = name.replace(new, old)
-    return _PUBLISHED_PREFIX + name
-
-
 def encoder_state_dict(
     source: torch.nn.Module | Mapping[str, torch.Tensor], dtype: torch.dtype | str | None = None
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -114,7 +97,7 @@ def encoder_state_dict(
             tensor = tensor.to(dtype) if dtype is not None else tensor.clone()
         else:
             tensor = _compact_integer_buffer(tensor, shared_buffers)
-        state[_published_name(name)] = tensor
+        state[to_published(name)] = tensor
     return {"state_dict": state}
 
 
@@ -171,60 +154,50 @@ def export_weights(
 
 
 def read_network_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a whole-network state dict from an exported ``model.pt`` or a ``CheckpointSaver`` checkpoint.
+    """Read a whole SwinUNETR's state dict from an exported ``model.pt`` or any training checkpoint.
 
-    Checkpoints hold the network under ``"network"``, ``"model"`` or ``"state_dict"``; a ``module.`` prefix left by
-    DDP is removed.
+    Reads every layout :func:`synth_transforms.pretrained.load_pretrained` reads (see
+    :func:`synth_transforms.checkpoints.read_state_dict`): wrapped under ``"network"``, ``"model"``,
+    ``"state_dict"``, ... (``CheckpointSaver`` files), prefixed by ``module.`` / ``_orig_mod.``, or with the older
+    MLP names ``mlp.fc1`` / ``mlp.fc2``, which are renamed to the network's.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file holds no state dict of tensors.
+        RuntimeError: the file is not a readable torch file.
+        ValueError: the file holds no state dict of tensors, or only a Swin encoder (read it with
+            :func:`read_encoder_state`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"network weights {path}: file not found")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in _CHECKPOINT_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        found = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
+    state = {from_published(name): tensor for name, tensor in read_state_dict(path, "network weights").items()}
+    if _ENCODER_KEY in state:
         raise ValueError(
-            f"network weights {path}: expected a state dict of tensors (possibly under one of {_CHECKPOINT_KEYS}), "
-            f"found {found}"
+            f"network weights {path}: the file holds only a Swin encoder (names like {_ENCODER_KEY!r}), not a whole "
+            "network; read it as encoder weights (read_encoder_state, or --encoder of scripts/release_weights.py)"
         )
-    if all(name.startswith("module.") for name in obj):
-        obj = {name[len("module.") :]: value for name, value in obj.items()}
-    return dict(obj)
+    return state
 
 
 def read_encoder_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an encoder file in the published layout (:func:`export_encoder`) back as ``swinViT.<name>`` tensors.
+    """Read an encoder-only file back as ``swinViT.<name>`` tensors, the input :func:`encoder_state_dict` takes.
 
-    The result is what :func:`encoder_state_dict` takes, so an exported encoder can be re-released (say in float16)
-    when the whole network is not at hand.
+    Accepts the published layout written by :func:`export_encoder` (``{"state_dict": {"module.<name>": tensor}}``)
+    and the ``swinViT`` sub-module's own state dict (with or without the ``swinViT.`` prefix), in any wrapper that
+    :func:`synth_transforms.checkpoints.read_state_dict` reads. So an exported encoder can be re-released (say in
+    float16) when the whole network is not at hand.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not ``{"state_dict": {"module.<name>": tensor}}`` with a Swin patch embedding.
+        RuntimeError: the file is not a readable torch file.
+        ValueError: the file holds no Swin encoder state dict (for instance a whole network).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weights {path}: file not found")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj.get("state_dict") if isinstance(obj, Mapping) else None
-    expected = f"{_PUBLISHED_PREFIX}patch_embed.proj.weight"
-    if not isinstance(state, Mapping) or expected not in state:
-        found = list(state)[:3] if isinstance(state, Mapping) else type(obj).__name__
+    prefix = ENCODER_ATTRIBUTE + "."
+    state = {from_published(name): tensor for name, tensor in read_state_dict(path, "encoder weights").items()}
+    if state and all(name.startswith(prefix) for name in state):
+        state = {name[len(prefix) :]: tensor for name, tensor in state.items()}
+    if _ENCODER_KEY not in state:
+        kind = "a whole network: read it as network weights" if prefix + _ENCODER_KEY in state else "no Swin encoder"
         raise ValueError(
-            f"encoder weights {path}: expected {{'state_dict': {{'{expected}': ..., ...}}}} (the layout of "
-            f"{ENCODER_FILENAME}), found {found}"
+            f"encoder weights {path}: expected {{'state_dict': {{'{to_published(_ENCODER_KEY)}': ..., ...}}}} (the "
+            f"layout of {ENCODER_FILENAME}) or the {ENCODER_ATTRIBUTE} sub-module's state dict; found {kind} "
+            f"(names start like: {', '.join(list(state)[:3])})"
         )
-    tensors = {}
-    for name, tensor in state.items():
-        name = name.removeprefix(_PUBLISHED_PREFIX)
-        for new, old in _PUBLISHED_MLP_NAMES:
-            name = name.replace(old, new)
-        tensors[f"{ENCODER_ATTRIBUTE}.{name}"] = tensor
-    return tensors
+    return {prefix + name: tensor for name, tensor in state.items()}

@@ -1,10 +1,12 @@
-"""Ignite handlers that the pre-training bundle wires into MONAI's ``SupervisedTrainer``.
+"""Ignite handlers that the bundles wire into MONAI's trainers and evaluators.
 
 - :class:`SyntheticEpochHandler`: at each epoch start, switches a :class:`~synth_transforms.SyntheticDataset` to that
   epoch's samples, so every epoch sees new synthetic volumes.
 - :class:`WeightExportHandler`: when training completes, writes the whole network and its Swin encoder
   (see :mod:`synth_transforms.export`).
 - :class:`TrainingProgressBar`: ignite's progress bar showing the running loss.
+- :class:`CaseRecordSaver`: when training completes, writes which cases it used (``train_cases.json``).
+- :class:`ClassMetricsSaver`: MONAI's ``MetricsSaver`` with the CSV columns named by class.
 - :func:`every`: ignite's every-n-th-event filter, for ``StatsHandler(iteration_log=every(50))``.
 """
 
@@ -12,15 +14,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from monai.handlers import MetricsSaver
+from monai.handlers.utils import write_metrics_reports
+from monai.utils import string_list_all_gather
 
+from .datalists import CaseList, write_case_record
 from .export import ENCODER_FILENAME, NETWORK_FILENAME, export_weights
 
-__all__ = ["SyntheticEpochHandler", "WeightExportHandler", "TrainingProgressBar", "every"]
+__all__ = [
+    "SyntheticEpochHandler",
+    "WeightExportHandler",
+    "TrainingProgressBar",
+    "CaseRecordSaver",
+    "ClassMetricsSaver",
+    "every",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +123,80 @@ class TrainingProgressBar(ProgressBar):
     def attach(self, engine: Engine, **kwargs) -> None:  # type: ignore[override]
         kwargs.setdefault("output_transform", self._loss)
         super().attach(engine, **kwargs)
+
+
+class CaseRecordSaver:
+    """Write the record of the training cases when the engine completes (not when it fails).
+
+    Writing it at completion, rather than when the config builds the datalist, means that a run that fails leaves no
+    ``train_cases.json`` claiming cases were trained on. See :func:`~synth_transforms.datalists.write_case_record`.
+
+    Args:
+        cases: the :class:`~synth_transforms.datalists.CaseList` returned by ``load_decathlon_split``.
+        record_path: the JSON file to write, e.g. ``<output_dir>/train_cases.json``.
+    """
+
+    def __init__(self, cases: CaseList, record_path: str | os.PathLike) -> None:
+        if not isinstance(cases, CaseList):
+            raise TypeError(
+                f"CaseRecordSaver: cases must be the CaseList returned by load_decathlon_split, got {type(cases)}"
+            )
+        self.cases = cases
+        self.record_path = record_path
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        write_case_record(self.record_path, self.cases)
+
+
+class ClassMetricsSaver(MetricsSaver):
+    """MONAI's ``MetricsSaver`` whose ``*_raw.csv`` and ``*_summary.csv`` name each class column by ``class_labels``.
+
+    MONAI's handler numbers the columns ``class0``, ``class1``, ... by position, so with ``include_background=False``
+    ``class0`` is class 1. MONAI's ``write_metrics_reports`` takes the names (``class_labels``) but its handler does
+    not pass them on; this one does.
+
+    Args:
+        class_labels: one name per column of the metric details, e.g.
+            :func:`~synth_transforms.datalists.decathlon_class_names`; None keeps MONAI's ``class<i>`` names.
+        kwargs: the arguments of ``monai.handlers.MetricsSaver``.
+    """
+
+    def __init__(self, *args, class_labels: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_labels = None if class_labels is None else [str(label) for label in class_labels]
+
+    def __call__(self, engine: Engine) -> None:
+        # MetricsSaver.__call__ (MONAI 1.6) with class_labels passed to write_metrics_reports
+        world_size = idist.get_world_size()
+        if self.save_rank >= world_size:
+            raise ValueError(f"ClassMetricsSaver: save_rank {self.save_rank} >= the world size {world_size}")
+        images = string_list_all_gather(strings=self._filenames) if world_size > 1 else self._filenames
+        if idist.get_rank() != self.save_rank:
+            return
+        metrics = {}
+        if self.metrics is not None:
+            metrics = {k: v for k, v in engine.state.metrics.items() if k in self.metrics or "*" in self.metrics}
+        details = {}
+        if self.metric_details is not None:
+            all_details = getattr(engine.state, "metric_details", {}) or {}
+            details = {k: v for k, v in all_details.items() if k in self.metric_details or "*" in self.metric_details}
+        for name, values in details.items():
+            columns = values.shape[1] if getattr(values, "ndim", 0) >= 2 else 1
+            if self.class_labels is not None and columns != len(self.class_labels):
+                raise ValueError(
+                    f"ClassMetricsSaver: metric {name!r} has {columns} class column(s) but class_labels names "
+                    f"{len(self.class_labels)}: {self.class_labels}"
+                )
+        write_metrics_reports(
+            save_dir=self.save_dir,
+            images=images or None,
+            metrics=metrics,
+            metric_details=details,
+            summary_ops=self.summary_ops,
+            deli=self.deli,
+            output_type=self.output_type,
+            class_labels=self.class_labels,
+        )

@@ -1,35 +1,31 @@
 """Load pretrained SwinUNETR weights (whole network or Swin encoder only) into a network, loudly.
 
-The files this reads are the ones people actually pass around: a bare state dict, a state dict wrapped in
-``{"state_dict": ...}``, ``{"model": ...}`` or ``{"network": ...}`` (ignite ``CheckpointSaver`` output), names with
-a ``module.`` prefix (DDP), encoder-only files holding the ``swinViT`` sub-module's state dict (with or without the
-``swinViT.`` prefix), and the published Swin UNETR self-supervised weights (``module.`` prefix, ``mlp.fc1`` names).
-Every tensor is matched by name and shape; anything that cannot be used is either reported and skipped (the output
-layer when class counts differ) or raised as an error naming the file. It never falls back to random weights
-silently.
+The files this reads (with :func:`synth_transforms.checkpoints.read_state_dict`) are the ones people actually pass
+around: a bare state dict, a state dict wrapped in ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"network": ...}``
+(ignite ``CheckpointSaver`` output), names with a ``module.`` prefix (DDP), encoder-only files holding the
+``swinViT`` sub-module's state dict (with or without the ``swinViT.`` prefix), and the published
+Swin UNETR self-supervised weights (``module.`` prefix, ``mlp.fc1`` names). Every tensor is matched by name and
+shape; anything that cannot be used is either reported and skipped (the output layer when class counts differ) or
+raised as an error naming the file. It never falls back to random weights silently.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Mapping
 
 import torch
 
-from .export import unwrap_network
+from .checkpoints import ENCODER_ATTRIBUTE, from_published, read_state_dict, unwrap_network
 
 __all__ = ["load_pretrained", "TRANSFER_MODES"]
 
 logger = logging.getLogger(__name__)
 
 TRANSFER_MODES = ("encoder", "full")
-ENCODER_PREFIX = "swinViT."
+ENCODER_PREFIX = ENCODER_ATTRIBUTE + "."
 OUTPUT_PREFIX = "out."
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network", "net")
-_WHOLE_PREFIXES = ("module.", "_orig_mod.", "model.", "network.", "net.")
-_RENAMES = ((".mlp.fc1.", ".mlp.linear1."), (".mlp.fc2.", ".mlp.linear2."), ("swin_vit.", "swinViT."))
 
 
 def load_pretrained(
@@ -65,7 +61,7 @@ def load_pretrained(
         return network
     path = os.fspath(path)
     model = unwrap_network(network)
-    source = _read_state_dict(path)
+    source = read_state_dict(path, "pretrained weights file")
     target = model.state_dict()
     source = _rename_to_target(source, target)
 
@@ -139,62 +135,9 @@ def load_pretrained(
     return network
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Read ``path`` and return the state dict inside it (unwrapped, whole-file prefixes removed)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Pretrained weights file {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # garbage bytes can fail anywhere in the unpickler (IndexError, KeyError, ...)
-        if not zipfile.is_zipfile(path):
-            reason = "it is not a torch.save file (corrupt, truncated, another format, or torch's legacy format)"
-        else:
-            reason = (
-                "it is a torch.save file that cannot be loaded as plain tensors (corrupt, or it holds Python objects "
-                "that weights-only loading refuses: re-save just the state dict with torch.save(net.state_dict(), f))"
-            )
-        raise RuntimeError(f"Cannot read pretrained weights file {path}: {reason} ({type(e).__name__}).") from e
-    state = _find_state_dict(obj)
-    if state is None:
-        keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
-            f"Pretrained weights file {path} holds no state dict: expected a mapping of tensor names to tensors, "
-            f"possibly under one of {_WRAPPER_KEYS}; found {keys}."
-        )
-    names = list(state)
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WHOLE_PREFIXES:
-            if all(n.startswith(prefix) for n in names):
-                names = [n[len(prefix) :] for n in names]
-                stripped = True
-    return dict(zip(names, state.values(), strict=True))
-
-
-def _find_state_dict(obj: object, depth: int = 0) -> Mapping | None:
-    """Find the first mapping of names to tensors in ``obj``, looking inside known wrapper keys."""
-    if not isinstance(obj, Mapping) or depth > 3:
-        return None
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    for key in _WRAPPER_KEYS:
-        if key in obj:
-            found = _find_state_dict(obj[key], depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
 def _rename_to_target(source: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map file names onto the network's names: encoder-only files get the ``swinViT.`` prefix, old names renamed."""
-
-    def rename(name: str) -> str:
-        for old, new in _RENAMES:
-            name = name.replace(old, new)
-        return name
-
-    renamed = {rename(k): v for k, v in source.items()}
+    renamed = {from_published(k): v for k, v in source.items()}
     as_is = sum(k in target for k in renamed)
     prefixed = sum(ENCODER_PREFIX + k in target for k in renamed if not k.startswith(ENCODER_PREFIX))
     if prefixed > as_is:  # an encoder-only file: the swinViT sub-module's own state dict

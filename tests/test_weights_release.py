@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -21,11 +22,14 @@ from monai.apps.utils import HashCheckError
 from monai.bundle import download_large_files as monai_download_large_files
 from monai.networks.nets import SwinUNETR
 
+from synth_transforms import checkpoints
+from synth_transforms.checkpoints import from_published, read_state_dict, to_published
 from synth_transforms.export import (
     encoder_state_dict,
     export_encoder,
     export_network,
     export_weights,
+    read_encoder_state,
     read_network_state,
 )
 from synth_transforms.pretrained import load_pretrained
@@ -140,6 +144,108 @@ def test_read_network_state_unwraps_checkpoints(tmp_path):
         read_network_state(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         read_network_state(tmp_path / "missing.pt")
+
+
+def test_read_network_state_reads_what_load_pretrained_reads(tmp_path):
+    """A torch.compile'd network saved by a plain training loop: release refused it before the shared reader."""
+    network = tiny_swin()
+    compiled_names = {f"_orig_mod.{k}": v for k, v in network.state_dict().items()}
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 7, "model_state_dict": compiled_names, "optimizer_state_dict": {"state": {}}}, checkpoint)
+    state = read_network_state(checkpoint)
+    assert state.keys() == network.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in network.state_dict().items())
+    # the bundle's loader takes the same file
+    target = load_pretrained(tiny_swin(seed=1), checkpoint, transfer="full")
+    assert torch.equal(target.swinViT.patch_embed.proj.weight, network.swinViT.patch_embed.proj.weight)
+    # an encoder-only file is not a whole network: the error says how to read it
+    export_encoder(network, tmp_path / "model_swinvit.pt")
+    with pytest.raises(ValueError, match="model_swinvit.pt: the file holds only a Swin encoder"):
+        read_network_state(tmp_path / "model_swinvit.pt")
+
+
+def test_read_encoder_state_takes_the_published_layout_or_the_encoders_own_state_dict(tmp_path):
+    network = tiny_swin()
+    export_encoder(network, tmp_path / "published.pt")
+    torch.save(network.swinViT.state_dict(), tmp_path / "submodule.pt")
+    torch.save({"state_dict": {f"swinViT.{k}": v for k, v in network.swinViT.state_dict().items()}}, tmp_path / "p.pt")
+    expected = {f"swinViT.{k}": v for k, v in network.swinViT.state_dict().items()}
+    for name in ("published.pt", "submodule.pt", "p.pt"):
+        state = read_encoder_state(tmp_path / name)
+        assert state.keys() == expected.keys(), name
+        assert all(torch.equal(state[k].to(v.dtype), v) for k, v in expected.items()), name
+
+
+def test_release_of_a_training_checkpoint(tmp_path):
+    """``--weights`` takes a CheckpointSaver file holding a DDP network and the optimiser, ``--with_network`` too."""
+    release = release_module()
+    network = tiny_swin()
+    checkpoint = tmp_path / "checkpoint_final.pt"
+    ddp_names = {f"module.{k}": v for k, v in network.state_dict().items()}
+    torch.save({"network": ddp_names, "optimizer": {"state": {}, "param_groups": []}}, checkpoint)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+    result = release.release(
+        weights=str(checkpoint), base_url="http://example.invalid/w", message="m", bundle=str(bundle),
+        release_dir=str(tmp_path / "release"), with_network=True,
+    )  # fmt: skip
+    encoder, whole = (torch.load(f, weights_only=True) for f in result["files"])
+    assert encoder["state_dict"].keys() == encoder_state_dict(network)["state_dict"].keys()
+    assert whole.keys() == network.state_dict().keys()
+
+
+def test_release_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
+    release = release_module()
+    with pytest.raises(SystemExit) as info:
+        release.main(["--weights", str(tmp_path / "missing.pt"), "--base_url", "u", "--message", "m"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: network weights {tmp_path}/missing.pt: file not found"
+    ]
+
+
+# ---------------------------------------------------------------------- checkpoint layout (checkpoints.py)
+def test_published_names_map_both_ways():
+    names = list(tiny_swin().swinViT.state_dict())
+    published = [to_published(n) for n in names]
+    assert "module.layers1.0.blocks.0.mlp.fc1.weight" in published
+    assert all(p.startswith("module.") and ".linear" not in p for p in published)
+    assert [from_published(p) for p in published] == names
+    assert from_published("swin_vit.layers1.0.blocks.0.mlp.fc2.bias") == "swinViT.layers1.0.blocks.0.mlp.linear2.bias"
+    assert from_published("swinViT.patch_embed.proj.weight") == "swinViT.patch_embed.proj.weight"
+
+
+def test_read_state_dict_unwraps_and_fails_loudly_naming_the_file(tmp_path):
+    weight = torch.ones(2)
+    layouts = {
+        "bare.pt": {"a.weight": weight},
+        "nested.pt": {"model": {"state_dict": {"module._orig_mod.a.weight": weight}}, "epoch": 1},
+        "net.pt": {"net": {"net.a.weight": weight}},
+    }
+    for name, content in layouts.items():
+        torch.save(content, tmp_path / name)
+        assert read_state_dict(tmp_path / name).keys() == {"a.weight"}, name
+    with pytest.raises(FileNotFoundError, match="nowhere.pt: file not found"):
+        read_state_dict(tmp_path / "nowhere.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(RuntimeError, match="corrupt.pt: cannot be read: it is not a torch.save file"):
+        read_state_dict(tmp_path / "corrupt.pt", "encoder weights")
+    torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match=r"empty.pt holds no state dict.*found \['epoch', 'state_dict'\]"):
+        read_state_dict(tmp_path / "empty.pt")
+
+
+def test_checkpoint_layout_has_one_home_and_no_import_cycle():
+    """checkpoints.py imports no package module; export and pretrained both use it, and pretrained not export."""
+
+    def package_imports(module: str) -> set[str]:
+        tree = ast.parse((REPO / "synth_transforms" / f"{module}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert package_imports("checkpoints") == set()
+    assert "checkpoints" in package_imports("export") and "checkpoints" in package_imports("pretrained")
+    assert "export" not in package_imports("pretrained")
+    assert set(checkpoints.WRAPPER_KEYS) >= {"network", "model", "state_dict"}
 
 
 # ---------------------------------------------------------------------- release script
