@@ -8,10 +8,12 @@ placement), :func:`render_label` (contour-shell rendering), the MONAI transforms
 
 from ._version import __version__ as __version__
 from .anchors import DEFAULT_RELATIVE_ANCHORS, AnchorModel
-from .bank import DEFAULT_BANK_PATH, DEFAULT_MIRROR_PAIRS, DEFAULT_ORGANS, OrganShape, ShapeBank, load_bank
+from .bank import DEFAULT_BANK_PATH, ShapeBank, load_bank
 from .checks import CheckLabelClasses, CheckLabelClassesD, CheckLabelClassesd, CheckLabelClassesDict
 from .datalists import load_decathlon_split
 from .dataset import SyntheticDataset, sample_seed
+from .organ_names import DEFAULT_MIRROR_PAIRS, DEFAULT_ORGANS, find_mirror_pairs, find_relative_anchors
+from .organ_shape import OrganShape
 from .placement import OrganPlacer, PlacementRecord
 from .pretrained import load_pretrained
 from .primitives import NUM_PRIMITIVE_CLASSES, PRIMITIVE_CLASSES, primitive_label_map
@@ -52,6 +54,8 @@ __all__ = [
     "DEFAULT_BANK_PATH",
     "DEFAULT_MIRROR_PAIRS",
     "DEFAULT_ORGANS",
+    "find_mirror_pairs",
+    "find_relative_anchors",
     "OrganShape",
     "ShapeBank",
     "load_bank",

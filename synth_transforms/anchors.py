@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bank import DEFAULT_RELATIVE_ANCHORS, ShapeBank, check_relative_anchors
+from .bank import ShapeBank
 from .io import read_json, write_json_atomic
+from .organ_names import DEFAULT_RELATIVE_ANCHORS, check_relative_anchors
 
-# DEFAULT_RELATIVE_ANCHORS lives in bank.py (a bank records its relative anchors when built) and is exported here too
+# DEFAULT_RELATIVE_ANCHORS lives in organ_names.py (a bank records its relative anchors when built); exported here too
 __all__ = ["AnchorModel", "DEFAULT_RELATIVE_ANCHORS"]
 
 

@@ -3,6 +3,7 @@
 Commands:
 
 - ``bank build --label_maps <glob | folder | files> --class_map <json> [--organs <json | a,b,c>] [--spacing 1.5]
+  [--mirror_pairs auto|None|pairs.json] [--relative_anchors auto|None|anchors.json] [--island_fraction 0.02]
   --out bank.npz``; ``bank info [--path bank.npz]`` (default: the bank shipped with the package);
 - ``preview [--out preview.png] [--n 4] [--seed 0] [--mode shell] [--patch_size 96] [--bank ...]
   [--primitives False] [--legend True]``: PNG montage of samples in three planes;
@@ -41,6 +42,7 @@ from ._args import (
     as_size3,
     check_bool,
     check_choice,
+    check_fraction,
     check_output_file,
     check_positive,
     check_positive_int,
@@ -158,8 +160,18 @@ def _progress_lines(logger_name: str, enabled: bool):
         logger.setLevel(level)
 
 
-def build_bank(label_maps, class_map, out, organs=None, spacing: float = 1.5, progress: bool = True) -> ShapeBank:
-    """Build a shape bank from label maps and a class map and save it (see ShapeBank.build).
+def build_bank(
+    label_maps,
+    class_map,
+    out,
+    organs=None,
+    spacing: float = 1.5,
+    progress: bool = True,
+    mirror_pairs="auto",
+    relative_anchors="auto",
+    island_fraction: float = 0.02,
+) -> ShapeBank:
+    """Build a shape bank from label maps and a class map and save it (see ShapeBank.build); print what it holds.
 
     Args:
         label_maps: a glob (quote it), a folder (its label maps, or one per subfolder), a comma list of files, or a
@@ -170,18 +182,46 @@ def build_bank(label_maps, class_map, out, organs=None, spacing: float = 1.5, pr
             TotalSegmentator v2 organs of the default bank).
         spacing: isotropic voxel size in mm.
         progress: print a line per label map read.
+        mirror_pairs: left/right organs whose mirrored shapes stand in for each other: auto (paired by name:
+            X_left/X_right, X_L/X_R, left X/right X), None (no mirroring), or a JSON file {left: right}.
+        relative_anchors: organs placed relative to where a parent organ was placed: auto (adrenal glands ->
+            kidneys, gallbladder and portal vein -> liver, matched by name), None (absolute anchors only), or a
+            JSON file {child: parent}.
+        island_fraction: a connected component of a class smaller than this fraction of the class's largest one
+            is a stray island and dropped (0 keeps everything).
 
     Returns:
-        The bank (saved to out).
+        The bank (saved to out); the command prints its summary (ShapeBank.info: organs, mirror pairs, relative
+        anchors, islands dropped, smoothed maps, subjects mostly cut by the field of view).
     """
+
     owner = "bank build"
     out = check_output_file(out, "out", owner)
     spacing = check_positive(spacing, "spacing", owner)
     progress = check_bool(progress, "progress", owner)
+    island_fraction = check_fraction(island_fraction, "island_fraction", owner)
+    links = {}  # mirror_pairs and relative_anchors: "auto", None or {organ: organ}, read before any work
+    for name, value, pattern in (
+        ("mirror_pairs", mirror_pairs, "{left: right}"),
+        ("relative_anchors", relative_anchors, "{child: parent}"),
+    ):
+        if isinstance(value, str) and value.strip().endswith(".json"):
+            path = Path(value.strip())
+            what, expected, value = f"{name} file {path}", f"{pattern} of organ names", read_json(path, f"{name} file")
+        elif value is None or (isinstance(value, str) and value == "auto"):
+            links[name] = value
+            continue
+        else:
+            what, expected = name, f"auto, None or a JSON file {pattern} of organ names"
+        if not (isinstance(value, Mapping) and all(isinstance(o, str) for item in value.items() for o in item)):
+            raise fail(what, expected, value, owner)
+        links[name] = value
     spec = _organ_spec(organs)
     files = _resolve_label_maps(label_maps)
     with _progress_lines("synth_transforms.bank", progress):
-        bank = ShapeBank.build(files, str(class_map), organs=spec, spacing=spacing)
+        bank = ShapeBank.build(
+            files, str(class_map), organs=spec, spacing=spacing, island_fraction=island_fraction, **links
+        )
     bank.save(out)
     return bank
 

@@ -11,8 +11,13 @@ import pytest
 import torch
 
 from synth_transforms import DEFAULT_BANK_PATH, DEFAULT_ORGANS, RandAnatomySynthd, ShapeBank, load_bank
-from synth_transforms.bank import check_mirror_pairs, check_relative_anchors, find_mirror_pairs, find_relative_anchors
 from synth_transforms.io import read_label_map
+from synth_transforms.organ_names import (
+    check_mirror_pairs,
+    check_relative_anchors,
+    find_mirror_pairs,
+    find_relative_anchors,
+)
 
 BTCV_ORGANS = [
     "spleen",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _synthetic_labels as syn
 import nibabel as nib
 import numpy as np
 import pytest
@@ -380,3 +381,71 @@ def test_bank_info(cli_runs, workdir, capsys):
     cli.main(["bank", "info", "--path", str(workdir / "tiny_bank.npz")])
     out = capsys.readouterr().out
     assert "3 organs" in out and "box" in out and "rod" in out
+
+
+# ---------------------------------------------------------------------------------------------- bank build options
+#: AMOS-style organs (tests/_synthetic_labels.py): by name, kidneys and adrenal glands pair up, and the adrenal
+#: glands and the gallbladder follow a parent organ.
+AMOS_ORGANS = "liver,gall bladder,kidney_L,kidney_R,left adrenal gland,right adrenal gland"
+
+
+def _build_amos(root: Path, *options: str) -> tuple[ShapeBank, str]:
+    """``bank build`` of the AMOS-style subjects under ``root`` with ``options``: the bank and what was printed."""
+    _, class_map = syn.write_amos_subjects(root)
+    out = root / "amos_bank.npz"
+    argv = ["bank", "build", "--label_maps", str(root), "--class_map", str(class_map), "--organs", AMOS_ORGANS]
+    cli.main([*argv, "--out", str(out), "--progress", "False", *options])
+    return ShapeBank.load(out), str(out)
+
+
+def test_bank_build_takes_pairs_and_anchors_from_json_files(tmp_path, capsys):
+    (tmp_path / "pairs.json").write_text(json.dumps({"kidney_L": "kidney_R"}))
+    (tmp_path / "anchors.json").write_text(json.dumps({"gall bladder": "liver"}))
+    options = ["--mirror_pairs", str(tmp_path / "pairs.json"), "--relative_anchors", str(tmp_path / "anchors.json")]
+    bank, out = _build_amos(tmp_path, *options, "--island_fraction", "0")
+    assert bank.mirror_pairs == [("kidney_L", "kidney_R")] and bank.relative_anchors == {"gall bladder": "liver"}
+    assert any(s.mirrored for s in bank.shapes["kidney_R"])
+    assert not any(s.mirrored for s in bank.shapes["left adrenal gland"])  # not a pair of the file: not mirrored
+    assert bank.source["island_fraction"] == 0.0 and bank.source["build_report"]["islands"] == {}
+    (stray_kept,) = [s for s in bank.measured_shapes("kidney_L") if s.subject == "amos1"]
+    assert stray_kept.mask.shape > syn.amos_box_dims("kidney_L")  # island_fraction 0 kept the far stray voxel
+    printed = capsys.readouterr().out  # the bank's info() (what the build did), then where it was saved
+    assert "mirror pairs: kidney_L <-> kidney_R\n" in printed and "relative anchors: gall bladder -> liver\n" in printed
+    assert printed.index("ShapeBank: 6 organs") < printed.index("mirror pairs") and printed.endswith(f"saved {out}\n")
+
+
+def test_bank_build_none_disables_pairs_and_anchors_and_islands_are_dropped(tmp_path, capsys):
+    bank, _ = _build_amos(tmp_path, "--mirror_pairs", "None", "--relative_anchors", "None")
+    assert bank.mirror_pairs == [] and bank.relative_anchors == {}
+    assert not any(s.mirrored for shapes in bank.shapes.values() for s in shapes)
+    assert bank.source["island_fraction"] == 0.02 and list(bank.source["build_report"]["islands"]) == ["amos1"]
+    assert all(s.mask.shape == syn.amos_box_dims("kidney_L") for s in bank.measured_shapes("kidney_L"))
+    printed = capsys.readouterr().out
+    assert "mirror pairs: none" in printed and "relative anchors: none" in printed
+    assert "stray islands dropped (components < 0.02 of their class's largest): 1 " in printed
+
+
+_BAD_BANK_OPTIONS = {
+    "pairs word": (["--mirror_pairs", "yes"], "mirror_pairs must be auto, None or a JSON file {left: right}"),
+    "anchors list file": (
+        ["--relative_anchors", "{dir}/list.json"],
+        "relative_anchors file {dir}/list.json must be {child: parent} of organ names, got ['liver']",
+    ),
+    "pairs missing file": (["--mirror_pairs", "{dir}/none.json"], "mirror_pairs file {dir}/none.json: file not found"),
+    "island fraction": (["--island_fraction", "1.5"], "island_fraction must be a number in [0, 1], got 1.5"),
+}
+
+
+@pytest.mark.parametrize("options, message", _BAD_BANK_OPTIONS.values(), ids=_BAD_BANK_OPTIONS.keys())
+def test_bad_bank_option_is_one_line_exit_2_before_any_work(options, message, tmp_path, capsys):
+    (tmp_path / "list.json").write_text(json.dumps(["liver"]))
+    options = [o.replace("{dir}", str(tmp_path)) for o in options]
+    # no label maps exist: an error about them would mean the options were checked after reading them
+    argv = ["bank", "build", "--label_maps", str(tmp_path / "maps"), "--class_map", str(tmp_path / "c.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--out", str(tmp_path / "b.npz"), *options])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.replace("{dir}", str(tmp_path)) in err
+    assert not (tmp_path / "b.npz").exists()
