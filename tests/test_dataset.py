@@ -152,3 +152,27 @@ def test_index_out_of_range(dataset):
     for index in (LENGTH, -LENGTH - 1):
         with pytest.raises(IndexError, match=str(index)):
             dataset[index]
+
+
+def test_pool_size_limits_the_data_to_n_samples():
+    """pool_size=N: the stream cycles through N fixed samples across epochs, whatever the epoch length."""
+    pooled = SyntheticDataset(RandPrimitiveSynthd(patch_size=PATCH), length=3, seed=5, pool_size=4)
+    stream = []
+    for epoch in range(3):  # 9 items over epochs of 3: pool members 0 1 2 | 3 0 1 | 2 3 0
+        pooled.set_epoch(epoch)
+        stream += [pooled[i] for i in range(3)]
+    members = [(e * 3 + i) % 4 for e in range(3) for i in range(3)]
+    for a, member_a in enumerate(members):
+        for b, member_b in enumerate(members[:a]):
+            assert _same(stream[a], stream[b]) == (member_a == member_b)
+    # a pool member is the sample an unpooled dataset makes at epoch 0 for that index
+    fresh = SyntheticDataset(RandPrimitiveSynthd(patch_size=PATCH), length=4, seed=5)
+    assert _same(stream[3], fresh[3]) and _same(stream[4], fresh[0])
+
+
+def test_pool_size_and_length_are_checked():
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=r"^SyntheticDataset: pool_size must be an integer >= 1"):
+            SyntheticDataset(RandPrimitiveSynthd(patch_size=PATCH), length=3, pool_size=bad)
+    with pytest.raises(ValueError, match=r"^SyntheticDataset: length must be an integer >= 1, got 0"):
+        SyntheticDataset(RandPrimitiveSynthd(patch_size=PATCH), length=0)
