@@ -17,7 +17,8 @@ the fraction of wall time spent waiting for the DataLoader, the median step time
 - The data pipeline alone: samples/s of the config's own ``train#dataloader`` iterated without a model, to tell
   whether synthesis keeps up with training.
 
-- ``--quick``: CPU-sized (feature_size 12, 64^3, batch 1, one worker, no activation checkpointing; 1 + 2 iterations).
+- ``--quick``: CPU-sized, the bundle's ``configs/cpu_smoke.json`` (feature_size 12, 64^3, batch 1, no workers, no
+  activation checkpointing, CPU) with 1 + 2 iterations; overrides given on the command line still apply after it.
 - The first iteration's time (``first_iteration_s``: compilation, cuDNN set-up) is in the JSON; with ``compile`` the
   warm-up must cover the compilation (minutes on a CPU).
 
@@ -36,6 +37,7 @@ import gc
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -45,6 +47,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import _bundles
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -55,8 +58,6 @@ from synth_transforms.machine import machine_facts
 
 log = logging.getLogger("benchmark_pretraining")
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "anatomy_pretrain"
-CONFIGS = BUNDLE / "configs"
 DATA_CONFIGS = {"anatomy": [], "primitives": ["primitives.json"]}
 # Variant -> bundle overrides; ``amp`` variants need CUDA.
 VARIANTS = {
@@ -67,7 +68,6 @@ VARIANTS = {
     "fp32_compile": {"amp": False, "compile": True},
 }
 DEFAULT_VARIANTS = ["fp32", "fp16", "bf16", "bf16_compile"]
-QUICK = {"feature_size": 12, "patch_size": [64, 64, 64], "batch_size": 1, "num_workers": 1, "use_checkpoint": False}
 # Train handlers disabled for the measurement, matched by the last part of their ``_target_``.
 DISABLED_HANDLERS = ("ValidationHandler", "CheckpointSaver", "WeightExportHandler", "TrainingProgressBar")
 TABLE_HEADER = "| variant | it/s | samples/s | data-wait % | step ms | GPU MiB | status |"
@@ -142,21 +142,22 @@ class ThroughputTimer:
 
 
 # ---------------------------------------------------------------------- bundle
-def config_files(data: str) -> list[str]:
-    return [str(CONFIGS / "train.json")] + [str(CONFIGS / name) for name in DATA_CONFIGS[data]]
+def config_names(data: str, quick: bool = False) -> list[str]:
+    """The bundle's config files for ``data``, with the CPU smoke overlay last when ``quick``."""
+    return ["train.json", *DATA_CONFIGS[data], *([_bundles.CPU_SMOKE] if quick else [])]
 
 
-def parsed(files: list[str], overrides: dict) -> ConfigParser:
-    """The bundle config of ``files`` with ``overrides`` applied."""
+def parsed(names: list[str], overrides: dict) -> ConfigParser:
+    """The bundle config of the files ``names`` with ``overrides`` applied."""
     parser = ConfigParser()
-    parser.read_config(files)
+    parser.read_config(_bundles.config_files(_bundles.PRETRAIN, names))
     parser.update(overrides)
     return parser
 
 
-def disabled_handler_overrides(files: list[str], overrides: dict) -> dict:
+def disabled_handler_overrides(names: list[str], overrides: dict) -> dict:
     """``train#handlers#<i>#_disabled_: True`` for each handler whose ``_target_`` ends in a DISABLED_HANDLERS name."""
-    parser = parsed(files, overrides)
+    parser = parsed(names, overrides)
     out = {}
     for i, handler in enumerate(parser["train#handlers"]):
         target = str(handler.get("_target_", "")) if isinstance(handler, dict) else ""
@@ -165,7 +166,7 @@ def disabled_handler_overrides(files: list[str], overrides: dict) -> dict:
     return out
 
 
-def measurement_overrides(files: list[str], user: dict, bundle_root: Path, total_iterations: int) -> dict:
+def measurement_overrides(names: list[str], user: dict, bundle_root: Path, total_iterations: int) -> dict:
     """User overrides, then those of the measurement: one epoch of ``total_iterations``, no side effects."""
     forced = {
         "bundle_root": str(bundle_root),
@@ -174,17 +175,7 @@ def measurement_overrides(files: list[str], user: dict, bundle_root: Path, total
         "val_interval": 10**9,
         "progress_bar": False,
     }
-    return {**user, **forced, **disabled_handler_overrides(files, {**user, **forced})}
-
-
-def make_workflow(files: list[str], overrides: dict) -> ConfigWorkflow:
-    return ConfigWorkflow(
-        config_file=files,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        **overrides,
-    )
+    return {**user, **forced, **disabled_handler_overrides(names, {**user, **forced})}
 
 
 def bundle_settings(parser: ConfigParser) -> dict:
@@ -212,9 +203,9 @@ def skip_reason(variant: str, device: torch.device) -> str | None:
     return None
 
 
-def run_variant(variant: str, files: list[str], overrides: dict, warmup: int, iterations: int) -> dict:
+def run_variant(variant: str, names: list[str], overrides: dict, warmup: int, iterations: int) -> dict:
     """Build the bundle with the variant's overrides, run it with a ``ThroughputTimer``; returns the summary."""
-    workflow = make_workflow(files, overrides)
+    workflow: ConfigWorkflow = _bundles.bundle_workflow(_bundles.PRETRAIN, names, **overrides)
     parser = workflow.parser
     device = torch.device(parser.get_parsed_content("device"))
     cuda = device.type == "cuda"
@@ -243,13 +234,13 @@ def run_variant(variant: str, files: list[str], overrides: dict, warmup: int, it
     return result
 
 
-def measure_data(files: list[str], overrides: dict, warmup: int, batches: int) -> dict:
+def measure_data(names: list[str], overrides: dict, warmup: int, batches: int) -> dict:
     """Samples/s of the config's ``train#dataloader`` iterated without a model.
 
     Worker processes deliver batches in rounds of ``num_workers``; the warm-up and the timed batches are rounded up
     to whole rounds, so the timed window starts after a round has arrived and does not count buffered batches.
     """
-    parser = parsed(files, overrides)
+    parser = parsed(names, overrides)
     workers = int(parser.get_parsed_content("num_workers"))
     round_size = max(1, workers)
     warmup = round_size * math.ceil(max(1, warmup) / round_size)
@@ -376,12 +367,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default 50)")
     parser.add_argument("--data_batches", type=int, default=None, help="timed batches, data only (default: iterations)")
     parser.add_argument("--override", type=json.loads, default={}, help="bundle overrides as a JSON object")
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run: " + json.dumps(QUICK))
+    smoke = f"CPU-sized run: the bundle's configs/{_bundles.CPU_SMOKE}"
+    parser.add_argument("--quick", action="store_true", help=smoke)
     parser.add_argument("--keep_bundle_root", action="store_true", help="keep the temporary bundle roots")
     args, extra = parser.parse_known_args(argv)
     if not isinstance(args.override, dict):
         parser.error("--override must be a JSON object")
-    args.bundle_overrides = {**(QUICK if args.quick else {}), **args.override, **extra_overrides(extra)}
+    args.bundle_overrides = {**args.override, **extra_overrides(extra)}
+    args.config_names = config_names(args.data, args.quick)
     cuda = torch.cuda.is_available()
     if args.warmup is None:
         args.warmup = 1 if args.quick else (10 if cuda else 2)
@@ -409,13 +402,13 @@ def main(argv: list[str] | None = None) -> dict:
     _logger()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    files = config_files(args.data)
+    names = args.config_names
     total = args.warmup + args.iterations
     result = {
         "command": shlex.join(["python", "scripts/benchmark_pretraining.py", *argv]),
         "machine": machine_facts(),
         "data": args.data,
-        "config_files": [str(Path(f).relative_to(BUNDLE.parents[1])) for f in files],
+        "config_files": [os.path.relpath(f, _bundles.REPO) for f in _bundles.config_files(_bundles.PRETRAIN, names)],
         "warmup": args.warmup,
         "iterations": args.iterations,
         "bundle_overrides": args.bundle_overrides,
@@ -428,8 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     scratch = Path(tempfile.mkdtemp(prefix=".bundle_root_", dir=out))
     try:
-        base = measurement_overrides(files, args.bundle_overrides, scratch / "data_only", total)
-        base_parser = parsed(files, base)
+        base = measurement_overrides(names, args.bundle_overrides, scratch / "data_only", total)
+        base_parser = parsed(names, base)
         device = torch.device(base_parser.get_parsed_content("device"))
         variant_keys = ("amp", "amp_dtype", "compile")  # recorded per variant
         result["settings"] = {k: v for k, v in bundle_settings(base_parser).items() if k not in variant_keys}
@@ -437,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         log.info("data only: train#dataloader without a model")
         try:
-            result["data_only"] = measure_data(files, base, args.warmup, args.data_batches)
+            result["data_only"] = measure_data(names, base, args.warmup, args.data_batches)
         except Exception as e:  # recorded; the variants still run
             log.warning("data only failed:\n%s", traceback.format_exc())
             result["data_only"] = {"status": f"failed: {first_line(e)}"}
@@ -451,9 +444,9 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             log.info("%s: %d warm-up + %d timed iterations", variant, args.warmup, args.iterations)
             root = scratch / variant
-            overrides = {**measurement_overrides(files, args.bundle_overrides, root, total), **VARIANTS[variant]}
+            overrides = {**measurement_overrides(names, args.bundle_overrides, root, total), **VARIANTS[variant]}
             try:
-                result["variants"][variant] = run_variant(variant, files, overrides, args.warmup, args.iterations)
+                result["variants"][variant] = run_variant(variant, names, overrides, args.warmup, args.iterations)
             except Exception as e:  # a failed variant (compile, OOM) must not stop the others
                 log.warning("%s failed:\n%s", variant, traceback.format_exc())
                 result["variants"][variant] = {"status": f"failed: {first_line(e)}"}

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from synth_transforms.bank import load_bank
-from synth_transforms.cli import generate_dataset, write_preview
+import _bundles
 
-REPO = Path(__file__).resolve().parents[1]
+from synth_transforms.bank import load_bank
+from synth_transforms.generate import generate_dataset, write_preview
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +39,7 @@ def step_bank(args: argparse.Namespace) -> str:
 
 def step_preview(args: argparse.Namespace) -> str:
     """PNG montage of the first samples (the same samples as the NIfTI pairs)."""
-    path = write_preview(args.out / "preview.png", n=args.n, seed=args.seed, patch_size=args.patch_size)
+    path = write_preview(args.out / "preview.png", n=args.n, seed=args.seed, patch_size=args.patch_size, progress=False)
     return f"preview montage: {path}"
 
 
@@ -53,28 +52,16 @@ def step_generate(args: argparse.Namespace) -> str:
 
 
 def step_pretrain(args: argparse.Namespace) -> str:
-    """A few iterations of the anatomy_pretrain bundle on CPU (small network), through the real bundle CLI."""
+    """A few iterations of the anatomy_pretrain bundle with its CPU smoke overlay, through the real bundle CLI."""
     root = args.out / "pretrain"
-    configs = REPO / "bundles" / "anatomy_pretrain" / "configs"
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(configs / "train.json"),
-        "--meta_file", str(configs / "metadata.json"),
-        "--logging_file", str(configs / "logging.conf"),
-        "--bundle_root", str(root),
-        "--device", "cpu",
-        "--feature_size", "12",
-        "--patch_size", "[64,64,64]",
-        "--num_iterations", str(args.iterations),
-        "--batch_size", "1",
-        "--num_workers", "0",
-        "--num_val_samples", "2",
-        "--use_checkpoint", "False",
-        "--progress_bar", "False",
-    ]  # fmt: skip
-    subprocess.run(command, check=True)
+    overrides = {"num_iterations": args.iterations, "num_val_samples": 2}
+    configs = ["train.json", _bundles.CPU_SMOKE]
+    subprocess.run(_bundles.bundle_command(_bundles.PRETRAIN, configs, root, overrides), check=True)
+    smoke = _bundles.cpu_smoke(_bundles.PRETRAIN)
+    size = "x".join(map(str, smoke["patch_size"]))
     return (
-        f"pre-training ({args.iterations} iterations, feature_size 12, 64^3, CPU): checkpoint "
+        f"pre-training ({args.iterations} iterations, feature_size {smoke['feature_size']}, {size}, "
+        f"{smoke['device']}): checkpoint "
         f"{root / 'runs' / 'checkpoints' / 'checkpoint_final.pt'}, encoder {root / 'models' / 'model_swinvit.pt'}, "
         f"network {root / 'models' / 'model.pt'}"
     )

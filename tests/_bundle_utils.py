@@ -1,4 +1,4 @@
-"""Helpers for bundle tests: offline metadata checks against the MONAI bundle specification, CLI runs."""
+"""Helpers for bundle tests: offline metadata checks against the MONAI bundle specification, command runs."""
 
 from __future__ import annotations
 
@@ -79,9 +79,15 @@ def check_bundle_metadata(meta: Mapping) -> list[str]:
 
 def run_cli(args: Sequence[str], cwd: str | Path, timeout: float = 300, env: Mapping | None = None):
     """Run ``python <args>`` in ``cwd`` with stdout and stderr merged; returns the CompletedProcess."""
+    return run_command([sys.executable, *args], cwd, timeout, env)
+
+
+def run_command(command: Sequence[str], cwd: str | Path, timeout: float = 300, env: Mapping | None = None):
+    """Run ``command`` (e.g. ``_bundles.bundle_command(...)``) in ``cwd`` with stdout and stderr merged, warnings
+    off; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args],
+        list(command),
         cwd=str(cwd),
         env=full_env,
         stdout=subprocess.PIPE,

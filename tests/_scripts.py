@@ -1,21 +1,12 @@
-"""Import a file of ``scripts/`` (not a package) as a module, once per test session."""
+"""Import a script of ``scripts/`` as a module: ``scripts/`` is on ``sys.path`` in the tests (``pythonpath`` in the
+pytest configuration), so a script is imported by the name it has there, once per test session."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import sys
-from pathlib import Path
+import importlib
 from types import ModuleType
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-
-@functools.cache
 def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as a module, registered in ``sys.modules`` (dataclasses look their module up there)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/<name>.py`` as a module; ``name`` may name a subfolder (``"device/fetch_device_wheels"``)."""
+    return importlib.import_module(name.removesuffix(".py").replace("/", "."))

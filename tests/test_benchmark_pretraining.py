@@ -92,16 +92,21 @@ def test_timer_without_timed_iterations_raises():
 def test_command_line_overrides_are_parsed_as_literals():
     override = ["--override", '{"num_workers": 4}', "--use_checkpoint", "True", "--patch_size=[96,96,96]"]
     args = bench().parse_args(["--out", "x", "--quick", *override])
-    assert args.bundle_overrides["num_workers"] == 4 and args.bundle_overrides["feature_size"] == 12
-    assert args.bundle_overrides["use_checkpoint"] is True and args.bundle_overrides["patch_size"] == [96, 96, 96]
+    assert args.bundle_overrides == {"num_workers": 4, "use_checkpoint": True, "patch_size": [96, 96, 96]}
     assert (args.warmup, args.iterations) == (1, 2)
+    # --quick is the CPU smoke overlay; the command line's overrides apply after it
+    assert args.config_names == ["train.json", "cpu_smoke.json"]
+    parser = bench().parsed(args.config_names, args.bundle_overrides)
+    assert parser["feature_size"] == 12 and parser["device"] == "cpu" and parser["num_iterations"] == 2
+    assert parser["patch_size"] == [96, 96, 96] and parser["use_checkpoint"] is True
+    assert bench().parse_args(["--out", "x", "--data", "primitives"]).config_names == ["train.json", "primitives.json"]
     with pytest.raises(SystemExit):
         bench().parse_args(["--out", "x", "stray"])
 
 
 def test_measurement_disables_validation_checkpoints_and_export(tmp_path):
     module = bench()
-    files = module.config_files("anatomy")
+    files = module.config_names("anatomy")
     overrides = module.measurement_overrides(files, {"num_workers": 3}, tmp_path, 7)
     assert overrides["bundle_root"] == str(tmp_path) and overrides["num_workers"] == 3
     assert overrides["num_iterations"] == overrides["iterations_per_epoch"] == 7

@@ -1,5 +1,6 @@
-"""Carrying the dependencies to the GPU machine: ``scripts/fetch_device_wheels.py`` (coverage of setup.cfg, device
-markers, a real download and install into a target folder) and ``scripts/device_env.sh`` (sourced there)."""
+"""Carrying the dependencies to the GPU machine: ``scripts/device/fetch_device_wheels.py`` (coverage of setup.cfg,
+device markers, a real download and install into a target folder) and ``scripts/device/device_env.sh`` (sourced
+there)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ import pytest
 from _scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "fetch_device_wheels.py"
-DEVICE_ENV = REPO / "scripts" / "device_env.sh"
+DEVICE_ENV = REPO / "scripts" / "device" / "device_env.sh"
 
 
 def fdw():
-    return load_script("fetch_device_wheels")
+    return load_script("device/fetch_device_wheels")
 
 
 def fake_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
@@ -39,7 +39,7 @@ def fake_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Pa
 
 
 def source_device_env(cwd: Path, prelude: str = "set -eu", env: dict | None = None) -> subprocess.CompletedProcess:
-    script = f'{prelude}; source scripts/device_env.sh; echo "after rc=$? PYTHONPATH=$PYTHONPATH"'
+    script = f'{prelude}; source scripts/device/device_env.sh; echo "after rc=$? PYTHONPATH=$PYTHONPATH"'
     return subprocess.run(
         ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
@@ -51,7 +51,7 @@ def test_requirement_names_and_coverage_of_real_setup_cfg():
     fdw().check_coverage(names)
 
 
-def test_coverage_names_unknown_requirement(tmp_path):
+def test_coverage_names_unknown_requirement(tmp_path, capsys):
     cfg = tmp_path / "setup.cfg"
     cfg.write_text("[options]\ninstall_requires =\n    torch>=2.4\n    Frobnicate_Lib>=1.0\n    monai>=1.5\n")
     assert fdw().requirement_names(cfg) == ["torch", "frobnicate-lib", "monai"]
@@ -60,6 +60,11 @@ def test_coverage_names_unknown_requirement(tmp_path):
     with pytest.raises(ValueError, match="frobnicate-lib"):
         fdw().fetch(dest=str(tmp_path / "whl"), setup_cfg=str(cfg))
     assert not (tmp_path / "whl").exists()  # checked before anything is downloaded
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line, no traceback
+        fdw().main(["--dest", str(tmp_path / "whl"), "--setup_cfg", str(cfg)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: fetch_device_wheels: requirement(s) frobnicate-lib")
+    assert "Traceback" not in err and not (tmp_path / "whl").exists()
 
 
 def test_device_markers_and_missing_dependencies(tmp_path):
@@ -125,18 +130,18 @@ def test_device_env_syntax():
 
 
 def test_device_env_without_wheels_fails_clearly(tmp_path):
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(DEVICE_ENV, tmp_path / "scripts")
+    (tmp_path / "scripts" / "device").mkdir(parents=True)
+    shutil.copy(DEVICE_ENV, tmp_path / "scripts" / "device")
     for prelude in ("set -eu", "shopt -s nullglob", "true"):
         result = source_device_env(tmp_path, prelude)
-        assert "run python scripts/fetch_device_wheels.py here first and name .whl in carry" in result.stderr
+        assert "run python scripts/device/fetch_device_wheels.py here first and name .whl in carry" in result.stderr
         if prelude == "set -eu":
             assert result.returncode != 0 and "after" not in result.stdout  # the set -e caller stops
         else:
             assert "after rc=1" in result.stdout  # returned to the caller, which goes on
     (tmp_path / ".whl").mkdir()
     assert "here first" in source_device_env(tmp_path).stderr  # empty folder
-    ran = subprocess.run(["bash", "scripts/device_env.sh"], cwd=tmp_path, capture_output=True, text=True)
+    ran = subprocess.run(["bash", "scripts/device/device_env.sh"], cwd=tmp_path, capture_output=True, text=True)
     assert ran.returncode == 1 and "source this file" in ran.stderr
 
 
@@ -180,8 +185,8 @@ def test_download_install_and_import_from_target(downloaded, tmp_path):
 @pytest.mark.slow
 def test_device_env_installs_and_checks(downloaded, tmp_path):
     dest, _ = downloaded
-    (tmp_path / "scripts").mkdir()
-    shutil.copy(DEVICE_ENV, tmp_path / "scripts")
+    (tmp_path / "scripts" / "device").mkdir(parents=True)
+    shutil.copy(DEVICE_ENV, tmp_path / "scripts" / "device")
     shutil.copytree(dest, tmp_path / ".whl")
     (tmp_path / "synth_transforms").symlink_to(REPO / "synth_transforms")
     site = tmp_path / "site"

@@ -1,7 +1,8 @@
 """Tests of the `swin_unetr_finetune` bundle and the library code it wires: pretrained loading, datalists, checks.
 
-The workflows run on CPU with tiny settings (feature_size 12, 64^3 patches, one iteration) on real MSD Hippocampus
-cases listed in datalists the tests write, plus small synthetic NIfTI files.
+The workflows run with the bundle's CPU smoke overlay (``configs/cpu_smoke.json``: feature_size 12, 64^3 patches, batch
+1) for one iteration on real MSD Hippocampus cases listed in datalists the tests write, plus small synthetic NIfTI
+files.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import logging
 import os
 from pathlib import Path
 
+import _bundles
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _bundle_utils import check_bundle_metadata, run_cli
+from _bundle_utils import check_bundle_metadata, run_command
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import SwinUNETR, UNet
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
@@ -24,14 +26,16 @@ from synth_transforms.checks import CheckLabelClasses, CheckLabelClassesd
 from synth_transforms.datalists import load_decathlon_split, select_cases
 from synth_transforms.pretrained import load_pretrained
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "swin_unetr_finetune"
+BUNDLE = _bundles.FINETUNE
 CONFIGS = BUNDLE / "configs"
 TRAIN = str(CONFIGS / "train.json")
-EVALUATE = str(CONFIGS / "evaluate.json")
-INFERENCE = str(CONFIGS / "inference.json")
-MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
-HIPPO = str(CONFIGS / "msd_hippocampus.json")
-TINY = {"feature_size": 12, "use_checkpoint": False, "num_workers": 0, "device": "cpu", "batch_size": 1}
+SMOKE = _bundles.CPU_SMOKE
+
+
+def smoke_workflow(names: list[str], workflow_type: str, **overrides) -> ConfigWorkflow:
+    """The workflow of the config files ``names`` plus the MSD Hippocampus preset and the CPU smoke overlay."""
+    root = overrides.pop("bundle_root", None)
+    return _bundles.bundle_workflow(BUNDLE, [*names, "msd_hippocampus.json", SMOKE], root, workflow_type, **overrides)
 
 
 def _tiny_datalist(path: Path, hippocampus_dir: Path, n_train: int = 2, n_val: int = 1) -> Path:
@@ -71,7 +75,6 @@ def trained(tmp_path_factory, hippocampus_dir):
     torch.save(source.swinViT.state_dict(), root / "model_swinvit.pt")
     datalist = _tiny_datalist(root / "dataset.json", hippocampus_dir)
     overrides = {
-        **TINY,
         "bundle_root": str(BUNDLE),
         "dataset_dir": str(hippocampus_dir),
         "datalist": str(datalist),
@@ -83,7 +86,7 @@ def trained(tmp_path_factory, hippocampus_dir):
         "pretrained": str(root / "model_swinvit.pt"),
         "transfer": "encoder",
     }
-    workflow = ConfigWorkflow(config_file=[TRAIN, HIPPO], workflow_type="train", **overrides)
+    workflow = smoke_workflow(["train.json"], "train", **overrides)
     workflow.initialize()
     missing = workflow.check_properties()
     network = workflow.trainer.network  # the instance the trainer optimises
@@ -123,7 +126,7 @@ def test_train_workflow_loads_pretrained_and_saves(trained):
 def test_evaluate_workflow_writes_per_class_metrics(trained, hippocampus_dir):
     out = trained["root"] / "eval"
     overrides = {**trained["overrides"], "output_dir": str(out)}
-    workflow = ConfigWorkflow(config_file=[TRAIN, EVALUATE, HIPPO], workflow_type="eval", **overrides)
+    workflow = smoke_workflow(["train.json", "evaluate.json"], "eval", **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -137,7 +140,8 @@ def test_evaluate_workflow_writes_per_class_metrics(trained, hippocampus_dir):
     assert set(summary) == {"val_mean_dice", "val_hd95"}
     assert 0.0 <= float(summary["val_mean_dice"]) <= 1.0
     rows = (out / "val_mean_dice_raw.csv").read_text().splitlines()
-    assert rows[0] == "filename,class0,class1,mean"
+    header = rows[0].split(",")  # one column per foreground class, named by MONAI or by the evaluate config
+    assert header[0] == "filename" and header[-1] == "mean" and len(header) == 4
     validation_image = json.loads(trained["datalist"].read_text())["validation"][0]["image"]
     assert len(rows) == 2 and rows[1].startswith(str(hippocampus_dir / validation_image.lstrip("./")))
     assert (out / "val_hd95_summary.csv").is_file()
@@ -150,7 +154,6 @@ def test_inference_workflow_writes_on_input_grid(trained, tmp_path, hippocampus_
     datalist = tmp_path / "infer.json"
     datalist.write_text(json.dumps({"test": [image.name]}))
     overrides = {
-        **TINY,
         "bundle_root": str(BUNDLE),
         "dataset_dir": str(tmp_path),
         "datalist": str(datalist),
@@ -158,7 +161,7 @@ def test_inference_workflow_writes_on_input_grid(trained, tmp_path, hippocampus_
         "output_dir": str(tmp_path / "out"),
         "ckpt_dir": str(trained["root"] / "models"),
     }
-    workflow = ConfigWorkflow(config_file=[INFERENCE, HIPPO], workflow_type="infer", **overrides)
+    workflow = smoke_workflow(["inference.json"], "infer", **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -175,32 +178,14 @@ def test_cli_torchrun_multi_gpu_full_transfer_few_shot(tmp_path, hippocampus_dir
     torch.manual_seed(1)
     torch.save({"network": _swin(out_channels=8).state_dict()}, tmp_path / "full.pt")  # ignite CheckpointSaver style
     datalist = _tiny_datalist(tmp_path / "dataset.json", hippocampus_dir, n_train=3, n_val=2)
-    result = run_cli(
-        [
-            "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-            "-m", "monai.bundle", "run",
-            "--config_file", "['configs/train.json','configs/multi_gpu_train.json','configs/msd_hippocampus.json']",
-            "--bundle_root", ".",
-            "--dataset_dir", str(hippocampus_dir),
-            "--datalist", str(datalist),
-            "--output_dir", str(tmp_path / "runs"),
-            "--ckpt_dir", str(tmp_path / "models"),
-            "--pretrained", str(tmp_path / "full.pt"),
-            "--transfer", "full",
-            "--num_train_cases", "2",
-            "--subset_seed", "5",
-            "--feature_size", "12",
-            "--use_checkpoint", "False",
-            "--max_epochs", "1",
-            "--epoch_length", "1",
-            "--val_interval", "1",
-            "--batch_size", "1",
-            "--num_workers", "0",
-            "--device", "cpu",
-        ],
-        cwd=BUNDLE,
-        env={"OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    overrides = {
+        "dataset_dir": hippocampus_dir, "datalist": datalist, "output_dir": tmp_path / "runs",
+        "ckpt_dir": tmp_path / "models", "pretrained": tmp_path / "full.pt", "transfer": "full",
+        "num_train_cases": 2, "subset_seed": 5, "epoch_length": 1, "val_interval": 1,
+    }  # fmt: skip
+    configs = ["train.json", "multi_gpu_train.json", "msd_hippocampus.json", SMOKE]  # the overlay picks the CPU
+    command = _bundles.bundle_command(BUNDLE, configs, BUNDLE, overrides, nproc=2)
+    result = run_command(command, cwd=BUNDLE, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-4000:]
     assert "loaded 157 of 159 network tensors" in result.stdout
     assert "Skipped 2 output-layer tensor(s)" in result.stdout
@@ -215,19 +200,14 @@ def test_cli_torchrun_multi_gpu_full_transfer_few_shot(tmp_path, hippocampus_dir
 
 
 def test_verify_net_in_out_cli():
-    result = run_cli(
-        [
-            "-m", "monai.bundle", "verify_net_in_out", "network_def",
-            "--meta_file", "configs/metadata.json",
-            "--config_file", "['configs/train.json','configs/msd_hippocampus.json']",
-            "--device", "cpu",
-            "--feature_size", "12",
-            "--use_checkpoint", "False",
-            "--_meta_#network_data_format#inputs#image#spatial_shape", "[64,64,64]",
-            "--_meta_#network_data_format#outputs#pred#num_channels", "3",
-        ],
-        cwd=BUNDLE,
-    )  # fmt: skip
+    shape = {
+        "device": "cpu",  # an argument of verify_net_in_out itself
+        "_meta_#network_data_format#inputs#image#spatial_shape": [64, 64, 64],
+        "_meta_#network_data_format#outputs#pred#num_channels": 3,
+    }
+    configs = ["train.json", "msd_hippocampus.json", SMOKE]
+    command = _bundles.bundle_command(BUNDLE, configs, None, shape, subcommand=["verify_net_in_out", "network_def"])
+    result = run_command(command, cwd=BUNDLE)
     assert result.returncode == 0, result.stdout[-4000:]
     assert "data shape of network is verified with no error" in result.stdout
 
@@ -235,20 +215,13 @@ def test_verify_net_in_out_cli():
 def test_ckpt_export_trace_matches_eager(trained, tmp_path):
     ts_path = tmp_path / "model.ts"
     ckpt = trained["root"] / "models" / "model.pt"
-    result = run_cli(
-        [
-            "-m", "monai.bundle", "ckpt_export", "network_def",
-            "--filepath", str(ts_path),
-            "--ckpt_file", str(ckpt),
-            "--meta_file", "configs/metadata.json",
-            "--config_file", "['configs/inference.json','configs/msd_hippocampus.json']",
-            "--use_trace", "True",
-            "--input_shape", "[1,1,64,64,64]",
-            "--feature_size", "12",
-            "--converter_kwargs", "{'check_trace': False}",  # the comparison below checks the trace, at less cost
-        ],
-        cwd=BUNDLE,
-    )  # fmt: skip
+    export = {
+        "filepath": ts_path, "ckpt_file": ckpt, "use_trace": True, "input_shape": [1, 1, 64, 64, 64],
+        "converter_kwargs": {"check_trace": False},  # the comparison below checks the trace, at less cost
+    }  # fmt: skip
+    configs = ["inference.json", "msd_hippocampus.json", SMOKE]
+    command = _bundles.bundle_command(BUNDLE, configs, None, export, subcommand=["ckpt_export", "network_def"])
+    result = run_command(command, cwd=BUNDLE)
     assert result.returncode == 0, result.stdout[-4000:]
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(ts_path), _extra_files=extra)
@@ -435,10 +408,10 @@ def test_label_classes_check_names_file_and_ids(tmp_path):
 
 def test_bundle_reports_bad_input(tmp_path, hippocampus_dir):
     datalist = _tiny_datalist(tmp_path / "dataset.json", hippocampus_dir, n_train=1, n_val=1)
-    common = {**TINY, "bundle_root": str(BUNDLE), "output_dir": str(tmp_path / "runs"), "ckpt_dir": str(tmp_path)}
+    common = {"bundle_root": str(BUNDLE), "output_dir": str(tmp_path / "runs"), "ckpt_dir": str(tmp_path)}
 
     def run(**override):
-        workflow = ConfigWorkflow(config_file=[TRAIN, HIPPO], workflow_type="train", **{**common, **override})
+        workflow = smoke_workflow(["train.json"], "train", **{**common, **override})
         workflow.initialize()
         with pytest.raises(Exception) as info:
             workflow.run()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import _bundles
 import numpy as np
 import pytest
 import torch
@@ -24,43 +24,27 @@ import synth_transforms
 from synth_transforms.handlers import SyntheticEpochHandler, TrainingProgressBar, WeightExportHandler, every
 from synth_transforms.pretrained import load_pretrained
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "anatomy_pretrain"
+BUNDLE = _bundles.PRETRAIN
 CONFIGS = BUNDLE / "configs"
-TINY = {
-    "device": "cpu",
-    "feature_size": 12,
-    "patch_size": [64, 64, 64],
-    "num_iterations": 2,
-    "batch_size": 1,
-    "num_workers": 0,
-    "num_val_samples": 1,
-    "use_checkpoint": False,
-    "progress_bar": False,
-}
+SMOKE = _bundles.CPU_SMOKE  # the tiny CPU settings: feature_size 12, 64^3, batch 1, 2 iterations, no workers
 
 
 def config_files(*extra: str) -> list[str]:
-    return [str(CONFIGS / "train.json")] + [str(CONFIGS / name) for name in extra]
+    return _bundles.config_files(BUNDLE, ["train.json", *extra])
 
 
 def make_workflow(bundle_root: Path, *extra: str, **override) -> ConfigWorkflow:
-    return ConfigWorkflow(
-        config_file=config_files(*extra),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle_root),
-        **override,
-    )
+    return _bundles.bundle_workflow(BUNDLE, ["train.json", *extra], bundle_root, **override)
 
 
 # ---------------------------------------------------------------------- layout and metadata
 def test_bundle_has_the_specified_files():
     for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/logging.conf"):
         assert (BUNDLE / name).is_file(), f"missing {name}"
-    for name in ("train.json", "primitives.json", "multi_gpu_train.json", "metadata.json"):
+    for name in ("train.json", "primitives.json", "multi_gpu_train.json", "metadata.json", SMOKE):
         json.loads((CONFIGS / name).read_text())
+    # the smoke overlay only sets top-level values, so it fits after any of the other configs
+    assert all("#" not in key and not isinstance(v, dict) for key, v in _bundles.cpu_smoke(BUNDLE).items())
     # No weights are released yet: the list must not point at files that do not exist.
     assert yaml.safe_load((BUNDLE / "large_files.yml").read_text()) == {"large_files": []}
 
@@ -99,6 +83,37 @@ def test_workflow_properties_and_class_count(tmp_path, extra, classes):
     assert validation.seed != dataset.seed, "the validation set must not repeat training samples"
 
 
+def _messages(error: BaseException) -> list[str]:
+    """The messages of an exception and its causes (MONAI wraps a failed config expression in a RuntimeError)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return [str(e) for e in chain]
+
+
+BAD_PATCH = "anatomy_pretrain: patch_size must be divisible by 32 on every axis, got [64, 64, 48]"
+
+
+@pytest.mark.parametrize("extra", [(), ("multi_gpu_train.json",)])
+def test_patch_size_not_divisible_by_32_is_refused_at_initialize(tmp_path, extra):
+    workflow = make_workflow(tmp_path, SMOKE, *extra, patch_size=[64, 64, 48])
+    with pytest.raises(RuntimeError) as info:
+        workflow.initialize()  # before anything else: no process group, no network
+    assert BAD_PATCH in _messages(info.value)
+    assert not torch.distributed.is_initialized()
+    workflow = make_workflow(tmp_path, SMOKE, *extra, patch_size=[64, 96, 32])
+    assert workflow.parser.get_parsed_content("startup_checks") == [(64, 96, 32)]
+
+
+def test_cli_refuses_a_bad_patch_size_before_building_anything(tmp_path):
+    command = _bundles.bundle_command(BUNDLE, ["train.json", SMOKE], tmp_path / "run", {"patch_size": [64, 64, 48]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0 and BAD_PATCH in result.stderr
+    assert "SupervisedTrainer" not in result.stdout + result.stderr and not (tmp_path / "run").exists()
+
+
 def test_epoch_plan_rounds_up_to_whole_epochs(tmp_path):
     parser = make_workflow(tmp_path, num_iterations=1250, iterations_per_epoch=500).parser
     assert parser.get_parsed_content("epoch_length") == 500
@@ -108,7 +123,7 @@ def test_epoch_plan_rounds_up_to_whole_epochs(tmp_path):
 
 
 def test_tiny_training_run_exports_encoder_and_network(tmp_path):
-    workflow = make_workflow(tmp_path, **TINY)
+    workflow = make_workflow(tmp_path, SMOKE)
     workflow.initialize()
     assert workflow.check_properties() == []
     workflow.run()
@@ -225,18 +240,10 @@ def test_every_filters_events():
 
 # ---------------------------------------------------------------------- torchrun
 def test_torchrun_two_process_gloo_run(tmp_path):
-    overrides = {**TINY, "num_iterations": 1, "num_val_samples": 2}
-    overrides.pop("device")  # multi_gpu_train.json picks cuda:LOCAL_RANK or, without CUDA, the CPU with gloo
-    args = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run",
-        "--config_file", json.dumps(config_files("multi_gpu_train.json")),
-        "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(tmp_path),
-        *args,
-    ]  # fmt: skip
+    # the smoke overlay before multi_gpu_train.json, which picks cuda:LOCAL_RANK or, without CUDA, the CPU with gloo
+    configs = ["train.json", SMOKE, "multi_gpu_train.json"]
+    overrides = {"num_iterations": 1, "num_val_samples": 2}
+    command = _bundles.bundle_command(BUNDLE, configs, tmp_path, overrides, nproc=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
     log = result.stdout + result.stderr

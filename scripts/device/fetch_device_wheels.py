@@ -2,7 +2,7 @@
 
 The GPU image already holds torch, numpy, scipy and most of ``install_requires``; the rest travels as wheels in
 ``.whl/`` (ignored by git through ``.git/info/exclude``) that the device command installs with
-``source scripts/device_env.sh``. This script:
+``source scripts/device/device_env.sh``. This script:
 
 1. checks that every requirement of ``setup.cfg`` is carried, already in the image, or deliberately skipped;
 2. downloads the carried packages (default: the versions installed here) for CPython 3.12 on x86-64 Linux into a
@@ -11,10 +11,10 @@ The GPU image already holds torch, numpy, scipy and most of ``install_requires``
 4. adds ``/.whl/`` to ``.git/info/exclude`` and prints the wheels, their sizes and the total.
 
 Example (then name ``.whl`` in the device tool's ``carry`` and start the command with
-``source scripts/device_env.sh &&``)::
+``source scripts/device/device_env.sh &&``)::
 
-    python scripts/fetch_device_wheels.py
-    python scripts/fetch_device_wheels.py --versions '{"monai": "1.6.1"}'
+    python scripts/device/fetch_device_wheels.py
+    python scripts/device/fetch_device_wheels.py --versions '{"monai": "1.6.1"}'
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from email.parser import Parser
 from importlib import metadata
 from pathlib import Path
 
-import fire
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from synth_transforms.fire_runner import run_fire
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DEST = REPO_ROOT / ".whl"
 
 # Installed from the carried wheels on the device (versions default to those installed here).
@@ -102,7 +103,7 @@ def check_coverage(
         raise ValueError(
             f"fetch_device_wheels: requirement(s) {', '.join(unknown)} of setup.cfg are not covered: add each to "
             "CARRIED (pure-Python or manylinux x86-64 wheel), IN_IMAGE (if the device image's package list in the "
-            "device tool's KINDS.md has it) or SKIPPED (with a reason) in scripts/fetch_device_wheels.py"
+            "device tool's KINDS.md has it) or SKIPPED (with a reason) in scripts/device/fetch_device_wheels.py"
         )
 
 
@@ -279,7 +280,7 @@ def fetch(
         lines = "\n".join(f"  {wheel}: {', '.join(reqs)}" for wheel, reqs in missing.items())
         raise ValueError(
             f"fetch_device_wheels: on the device these requirements would be missing:\n{lines}\n"
-            "add each to CARRIED or, if the device image has it, IN_IMAGE in scripts/fetch_device_wheels.py"
+            "add each to CARRIED or, if the device image has it, IN_IMAGE in scripts/device/fetch_device_wheels.py"
         )
     print(exclude_in_git(dest))
     print(f"wheels for Python {DEVICE_PYTHON} on x86-64 Linux, {', '.join(f'{k}=={v}' for k, v in pins.items())}:")
@@ -287,12 +288,12 @@ def fetch(
     for name, reason in SKIPPED.items():
         print(f"not carried: {name} ({reason})")
     print(f"in the device image already: {', '.join(IN_IMAGE)}")
-    print(f"device: name {Path(dest).name} in carry, start the command with: source scripts/device_env.sh &&")
+    print(f"device: name {Path(dest).name} in carry, start the command with: source scripts/device/device_env.sh &&")
     return wheels
 
 
 def main(argv: list[str] | None = None) -> None:
-    fire.Fire(fetch, command=argv, serialize=lambda result: None)
+    run_fire(fetch, argv, name="fetch_device_wheels.py")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 # Set up this project on the GPU machine (Python 3.12, torch preinstalled, no internet). Source it, from the
 # repository root, at the start of a device command whose carry names .whl:
 #
-#     source scripts/device_env.sh && python3 -m synth_transforms ...
+#     source scripts/device/device_env.sh && python3 -m synth_transforms ...
 #
-# It installs the carried wheels (.whl/*.whl, made here by `python scripts/fetch_device_wheels.py`) into
+# It installs the carried wheels (.whl/*.whl, made here by `python scripts/device/fetch_device_wheels.py`) into
 # $DEVICE_SITE (default /tmp/site), exports PYTHONPATH=$DEVICE_SITE:$PWD (the project itself is imported from the
 # working tree), checks the imports and prints the versions, torch's CUDA and the GPU. itk is not carried (~270 MiB of
 # binary wheels, optional reader only). On error it prints why and returns 1 (it never exits the caller's shell
@@ -14,7 +14,7 @@ _device_env() {
     local wheels=(.whl/*.whl)
     if [ ! -d .whl ] || [ ! -e "${wheels[0]:-}" ]; then
         echo "device_env: no wheels in $PWD/.whl:" \
-            "run python scripts/fetch_device_wheels.py here first and name .whl in carry" >&2
+            "run python scripts/device/fetch_device_wheels.py here first and name .whl in carry" >&2
         return 1
     fi
     if [ ! -d synth_transforms ]; then
@@ -45,7 +45,7 @@ PY
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-    echo "device_env: source this file (source scripts/device_env.sh), do not run it" >&2
+    echo "device_env: source this file (source scripts/device/device_env.sh), do not run it" >&2
     exit 1
 fi
 # Called as a condition, so a `set -e` caller's errexit cannot end the shell inside the function; then return 1.

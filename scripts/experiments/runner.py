@@ -1,0 +1,164 @@
+"""A resumable scheduler of subprocess stages, for experiments made of long runs that each fill one folder.
+
+A stage runs in ``<root>.partial`` and is renamed to ``<root>`` when its process exits 0 and left every file it must
+leave, so a failed or killed stage leaves nothing that looks finished. Each run is recorded in
+``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``.
+A stage is done when its record says it succeeded, its files exist and no prerequisite finished after it started;
+``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from synth_transforms.io import read_json, write_json_atomic
+
+
+@dataclasses.dataclass
+class Stage:
+    """One subprocess: the folder it fills, the files that prove it finished, the stages it needs first.
+
+    Subclasses say what to run in :meth:`command`.
+    """
+
+    name: str
+    root: Path
+    outputs: list[str] = dataclasses.field(default_factory=list)
+    needs: list[str] = dataclasses.field(default_factory=list)
+    iterations: int | None = None  # recorded with the wall time, for reports
+
+    def command(self, root: Path | None = None) -> list[str]:
+        """The command filling ``root`` (default: the stage's folder)."""
+        raise NotImplementedError(f"stage {self.name}: {type(self).__name__} does not say what to run")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_path(out: Path, name: str) -> Path:
+    """Where the record of stage ``name`` is written."""
+    return out / "stages" / f"{name}.json"
+
+
+def read_record(out: Path, name: str) -> dict | None:
+    """The record of stage ``name``, or None before it first ran."""
+    path = record_path(out, name)
+    return read_json(path, f"record of stage {name}") if path.is_file() else None
+
+
+def is_done(out: Path, stage: Stage) -> bool:
+    """Done: its record says it succeeded, the files it must leave exist, and no prerequisite was re-run after it."""
+    record = read_record(out, stage.name)
+    if record is None or not record.get("ok"):
+        return False
+    if not all((stage.root / name).is_file() for name in stage.outputs):
+        return False
+    needs = [read_record(out, need) for need in stage.needs]
+    return all(need is not None and need["finished"] <= record["started"] for need in needs)
+
+
+@dataclasses.dataclass
+class RunningStage:
+    """A stage started by :class:`StageRunner`: its process, the folder it fills and when it started."""
+
+    stage: Stage
+    process: subprocess.Popen
+    partial: Path
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    started_at: str = dataclasses.field(default_factory=utc_now)
+
+
+class StageRunner:
+    """Runs stages as subprocesses in ``out``, ``jobs`` at a time, each once its prerequisites are done.
+
+    Args:
+        out: the experiment's folder (``logs/`` and ``stages/`` are made in it; the processes run there).
+        jobs: stages running at once.
+        env: the processes' environment (default: this one's).
+    """
+
+    def __init__(self, out: Path, jobs: int = 1, env: dict | None = None):
+        self.out, self.jobs, self.env = out, max(1, int(jobs)), env
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        (out / "stages").mkdir(parents=True, exist_ok=True)
+
+    def log_path(self, stage: Stage) -> Path:
+        return self.out / "logs" / f"{stage.name}.log"
+
+    def start(self, stage: Stage) -> RunningStage:
+        partial = stage.root.with_name(stage.root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        print(f"[{utc_now()}] start {stage.name}", flush=True)
+        with open(self.log_path(stage), "w") as log:
+            process = subprocess.Popen(
+                stage.command(partial), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
+            )
+        return RunningStage(stage, process, partial)
+
+    def finish(self, run: RunningStage) -> None:
+        """Rename the partial folder of a stage that succeeded, record the run; raise if it failed."""
+        stage, process, partial = run.stage, run.process, run.partial
+        wall = time.perf_counter() - run.started
+        missing = [name for name in stage.outputs if not (partial / name).is_file()]
+        ok = process.returncode == 0 and not missing
+        if ok:
+            shutil.rmtree(stage.root, ignore_errors=True)
+            partial.rename(stage.root)
+        record = {
+            "stage": stage.name, "ok": ok, "returncode": process.returncode, "missing_outputs": missing,
+            "wall_s": round(wall, 1), "iterations": stage.iterations, "started": run.started_at, "finished": utc_now(),
+            "command": stage.command(),
+        }  # fmt: skip
+        write_json_atomic(record_path(self.out, stage.name), record)
+        if not ok:
+            log = self.log_path(stage)
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"stage {stage.name} failed (exit {process.returncode}, missing outputs {missing}); "
+                f"its partial folder {partial} is kept for inspection, full log {log}:\n{tail}"
+            )
+        print(f"[{utc_now()}] done  {stage.name} in {wall:.1f} s", flush=True)
+
+    def run(self, stages: Sequence[Stage], selected: Sequence[Stage]) -> None:
+        """Run ``selected`` in order, skipping those already done unless a prerequisite runs again before them;
+        prerequisites outside the selection must be done."""
+        by_name = {stage.name: stage for stage in stages}
+        todo: list[Stage] = []
+        pending: set[str] = set()  # names of the stages to run that have not finished yet
+        for stage in selected:
+            if is_done(self.out, stage) and not pending.intersection(stage.needs):
+                print(f"[{utc_now()}] skip  {stage.name} (done: {record_path(self.out, stage.name)})", flush=True)
+                continue
+            todo.append(stage)
+            pending.add(stage.name)
+        for stage in todo:
+            for need in stage.needs:
+                if need not in pending and not is_done(self.out, by_name[need]):
+                    raise RuntimeError(f"stage {stage.name} needs stage {need} first: run it (--only '{need}')")
+        running: list[RunningStage] = []
+        try:
+            while todo or running:
+                ready = [s for s in todo if not pending.intersection(s.needs)]
+                while ready and len(running) < self.jobs:
+                    stage = ready.pop(0)
+                    todo.remove(stage)
+                    running.append(self.start(stage))
+                if not running:
+                    raise RuntimeError(f"stages {[s.name for s in todo]} wait on prerequisites that cannot finish")
+                time.sleep(0.2)
+                for run in [run for run in running if run.process.poll() is not None]:
+                    running.remove(run)
+                    self.finish(run)
+                    pending.discard(run.stage.name)
+        finally:
+            for run in running:
+                run.process.kill()
+                run.process.wait()
