@@ -4,6 +4,9 @@
 ``fire.Fire``: commands print what they have to say themselves, so fire never prints or pages a return value, and
 the errors that mean "bad input" (``ValueError``, ``FileNotFoundError``, ``KeyError``, ``FileExistsError``,
 ``NotADirectoryError``, ``PermissionError``) end with ``error: <message>`` and exit status 2 instead of a traceback.
+
+:func:`exit_on_usage_error` gives the same ending to a check run from a bundle config (``monai.bundle run`` wraps
+any other exception in a long traceback; only ``SystemExit`` passes through it).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["run_fire", "USAGE_ERRORS"]
+__all__ = ["run_fire", "exit_on_usage_error", "USAGE_ERRORS"]
 
 USAGE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)
 
@@ -22,6 +25,19 @@ def _message(error: BaseException) -> str:
     if isinstance(error, KeyError) and error.args:
         return str(error.args[0])
     return str(error)
+
+
+def exit_on_usage_error(check, *args, **kwargs):
+    """Return ``check(*args, **kwargs)``; on bad input print ``error: <message>`` and exit with status 2.
+
+    For start-up checks in bundle configs, e.g.
+    ``"$synth_transforms.fire_runner.exit_on_usage_error(synth_transforms._args.as_size3, @patch_size, ...)"``.
+    """
+    try:
+        return check(*args, **kwargs)
+    except USAGE_ERRORS as error:
+        print(f"error: {_message(error)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_fire(component, argv: Sequence[str] | None = None, name: str | None = None) -> None:
