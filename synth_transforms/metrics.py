@@ -16,7 +16,11 @@ Per sample (:func:`sample_metrics`), from the label patch, its
   (audit) and the fraction of its outer surface that faces its parent (label map);
 - **anchors**: each placed organ's deviation from its expected position against its tolerance (per axis);
   an organ outside its tolerance is a violation;
-- **presence, volume, skips, retries**: organ voxel counts, skipped organs and the reasons, rejected candidates.
+- **cut faces** (audit): voxels of an inserted organ lying within :data:`~synth_transforms.placement_search.CUT_BAND`
+  slices of a face that the field of view cut off its bank shape (a flat face no real organ has). Must be 0;
+- **presence, volume, skips, retries**: organ voxel counts, skipped organs and the reasons (an organ skipped in more
+  than ``max_skip_rate`` of the patches that reach it fails the report), rejected candidates, stand-ins for cut
+  shapes and candidates moved off a collision.
 
 :func:`aggregate` turns per-sample metrics into a JSON-serialisable report with pass/fail ``checks``. The run that
 generates the samples and prints the report is :mod:`synth_transforms.validation`.
@@ -30,7 +34,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .placement_records import Insertion, PlacementRecord
+from .insert_audit import InsertAudit, cut_face_voxels
+from .placement_records import PlacementRecord
 from .topology import (
     ADJACENT,
     CODE_CARVE,
@@ -45,7 +50,7 @@ from .topology import (
     TopologyGraph,
 )
 
-__all__ = ["InsertAudit", "sample_metrics", "aggregate", "contact_counts", "CHECKS"]
+__all__ = ["InsertAudit", "sample_metrics", "aggregate", "contact_counts", "cut_face_voxels", "CHECKS", "MIN_ATTEMPTS"]
 
 #: Checks of the aggregated report: name -> what it counts (each must be 0).
 CHECKS = {
@@ -57,46 +62,12 @@ CHECKS = {
     "samples_with_invalid_ids": "patches holding values outside the class ids 0..num_classes-1 (or not integers)",
     "samples_with_unrecorded_ids": "patches holding an organ that the placement record does not list",
     "samples_with_voxel_mismatch": "patches whose recorded organ voxel counts differ from the label map",
+    "cut_face_voxels": "voxels of placed organs on a face that the field of view cut off their shape, in the patch",
+    "organs_over_max_skip_rate": "organs skipped in more than max_skip_rate of the patches that reach them",
 }
+#: Organs attempted in fewer patches than this are not judged by the skip-rate check (too few to measure a rate).
+MIN_ATTEMPTS = 20
 _TOLERANCE_SLACK_MM = 1e-6
-
-
-# ---------------------------------------------------------------------------------------------- audit
-class InsertAudit:
-    """Records, for each organ an :class:`~synth_transforms.placement.OrganPlacer` inserts, which labels it took over.
-
-    An observer of the placer (``OrganPlacer(..., observers=[audit])`` or ``placer.observers.append(audit)``): it
-    compares the region of every accepted insertion before and after the write, which checks the placement
-    independently of the placer's own bookkeeping. Call :meth:`reset` before each sample and :meth:`snapshot` after.
-
-    Args:
-        num_classes: classes including background (``bank.num_classes``).
-    """
-
-    def __init__(self, num_classes: int):
-        self.num_classes = int(num_classes)
-        self.taken = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        self.written: dict[int, int] = {}
-
-    def __call__(self, insertion: Insertion) -> None:
-        """The observer call: record one accepted insertion."""
-        self.record(insertion.before, insertion.after, insertion.cls_id)
-
-    def reset(self) -> None:
-        """Forget the insertions seen so far."""
-        self.taken[:] = 0
-        self.written = {}
-
-    def record(self, before: torch.Tensor, after: torch.Tensor, cls_id: int) -> None:
-        """Count what one accepted insertion of class ``cls_id`` changed in its region."""
-        changed = before != after
-        old = before[changed].long()
-        self.taken[cls_id] += torch.bincount(old, minlength=self.num_classes).numpy()
-        self.written[cls_id] = self.written.get(cls_id, 0) + int(old.numel())
-
-    def snapshot(self) -> dict:
-        """``{"taken": (C, C) array [new class, old class] of voxels, "written": {class id: voxels}}``."""
-        return {"taken": self.taken.copy(), "written": dict(self.written)}
 
 
 # ---------------------------------------------------------------------------------------------- one sample
@@ -217,9 +188,9 @@ def sample_metrics(
 
     Returns:
         A JSON-serialisable dict: ``labels`` (id checks), ``voxels`` (organ -> voxels in the patch),
-        ``violations`` (audit: voxels taken per relation; None without audit), ``carved`` / ``overwritten``
-        (record), ``contact_voxels``, ``disjoint_contact_faces``, ``inside``, ``anchors``, ``skipped``,
-        ``unreachable``, ``retries``.
+        ``violations`` (audit: voxels taken per relation; None without audit), ``cut_face_voxels`` (audit; None
+        without), ``carved`` / ``overwritten`` (record), ``contact_voxels``, ``disjoint_contact_faces``, ``inside``,
+        ``anchors``, ``skipped``, ``unreachable``, ``stand_ins``, ``shifted``, ``retries``.
     """
     as_tensor = getattr(label, "as_tensor", None)  # a MetaTensor: unwrap it, plain tensors are faster
     label = as_tensor() if callable(as_tensor) else torch.as_tensor(label)
@@ -245,6 +216,7 @@ def sample_metrics(
         "labels": checks,
         "voxels": {organs[k - 1]: int(counts[k]) for k in range(1, nc) if counts[k] > 0},
         "violations": _audit_violations(audit, codes) if audit is not None else None,
+        "cut_face_voxels": int(sum(audit["cut_face"].values())) if audit is not None and "cut_face" in audit else None,
         "carved": int(sum(p.carved for p in record.placed)),
         "overwritten": int(sum(p.overwritten for p in record.placed)),
         "contact_voxels": contact,
@@ -257,6 +229,8 @@ def sample_metrics(
             for s in record.skipped
         ],
         "unreachable": list(record.unreachable),
+        "stand_ins": list(getattr(record, "stand_ins", ())),
+        "shifted": list(getattr(record, "shifted", ())),
         "retries": int(record.retries),
     }
 
@@ -359,6 +333,7 @@ def aggregate(
     organs: Sequence[str],
     spacing: float,
     min_inside_fraction: float | None = None,
+    max_skip_rate: float | None = None,
 ) -> dict:
     """Aggregate :func:`sample_metrics` results of many patches into a JSON-serialisable report.
 
@@ -367,10 +342,12 @@ def aggregate(
         organs: the bank's organs (class ids 1..n).
         spacing: voxel size in mm (for volumes).
         min_inside_fraction: the placer's threshold; children below it are counted as violations.
+        max_skip_rate: largest skip rate allowed per organ (over the patches that reach it, for organs attempted in
+            at least :data:`MIN_ATTEMPTS` patches); None: not checked.
 
     Returns:
         ``{"samples", "num_classes", "checks": {name: {"value", "ok", "what"}}, "ok", "overlap", "contact",
-        "inside", "anchors", "retries", "organs_per_sample", "organs": {organ: presence, volume, skips}}``.
+        "inside", "anchors", "retries", "organs_per_sample", "skips", "organs": {organ: presence, volume, skips}}``.
     """
     if not samples:
         raise ValueError("aggregate: no samples to report on")
@@ -380,6 +357,15 @@ def aggregate(
         violations.update(s["violations"] or {})
     inside, below = _inside_summary(samples, min_inside_fraction)
     anchors = _anchor_summary(samples, organs)
+    table = _organ_table(samples, organs, spacing)
+    over = {
+        o: row["skip_rate"]
+        for o, row in table.items()
+        if max_skip_rate is not None
+        and row["placed"] + row["skipped"] >= MIN_ATTEMPTS
+        and row["skip_rate"] > max_skip_rate + 1e-12
+    }
+    cut_faces = [s.get("cut_face_voxels") for s in samples]
     values = {
         "disjoint_overlap_voxels": violations[DISJOINT] if audited else None,
         "adjacent_overwrite_voxels": violations[ADJACENT] if audited else None,
@@ -391,6 +377,8 @@ def aggregate(
         ),
         "samples_with_unrecorded_ids": sum(bool(s["labels"]["unrecorded_ids"]) for s in samples),
         "samples_with_voxel_mismatch": sum(bool(s["labels"]["voxel_mismatch"]) for s in samples),
+        "cut_face_voxels": None if None in cut_faces else int(sum(cut_faces)),
+        "organs_over_max_skip_rate": None if max_skip_rate is None else len(over),
     }
     checks = {k: {"value": v, "ok": v is None or v == 0, "what": CHECKS[k]} for k, v in values.items()}
     retries = [s["retries"] for s in samples]
@@ -421,5 +409,12 @@ def aggregate(
             "max": int(max(placed_counts)),
             "empty_patches": int(sum(c == 0 for c in placed_counts)),
         },
-        "organs": _organ_table(samples, organs, spacing),
+        "skips": {
+            "max_skip_rate": max_skip_rate,
+            "min_attempts": MIN_ATTEMPTS,
+            "over": over,
+            "stand_ins": int(sum(len(s.get("stand_ins", ())) for s in samples)),
+            "shifted": int(sum(len(s.get("shifted", ())) for s in samples)),
+        },
+        "organs": table,
     }

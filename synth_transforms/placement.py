@@ -2,16 +2,19 @@
 
 Organs are inserted one after another, parents and large organs first. For each: a shape from a randomly chosen
 subject, a random scale, rotation and smooth deformation, position = anchor + jitter. The candidate is rasterised
-only inside its bounding box in the patch and checked against everything already placed; a candidate that breaks
-the topology graph is retried with new jitter up to ``max_tries`` times, then skipped and recorded. Organs whose
-anchor cannot reach the patch are not processed at all.
+only inside its bounding box in the patch and checked against everything already placed. A donor shape whose face
+was cut by the subject's field of view is used only where no voxel next to that face lands in the patch; elsewhere
+a complete shape of another subject, aligned to the donor shape's uncut faces, stands in for it. A candidate that
+breaks the topology graph is first moved: shifted copies within the anchor tolerance are tested in one vectorised
+pass and the nearest free one is checked in full; failing that, a new candidate with new jitter is drawn, up to
+``max_tries`` times, then the organ is skipped and recorded. Organs whose anchor cannot reach the patch are not
+processed at all.
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,7 +23,10 @@ from ._args import as_size3, check_fraction, check_non_negative, check_positive_
 from .anchors import AnchorModel
 from .bank import ShapeBank
 from .placement_records import (
+    ADJACENT_OVERLAP,
+    CUT_FACE,
     DISJOINT_OVERLAP,
+    INSIDE_FRACTION,
     OUTSIDE,
     Insertion,
     PlacedOrgan,
@@ -28,19 +34,36 @@ from .placement_records import (
     SkippedOrgan,
     Violation,
 )
+from .placement_search import (
+    CUT_MARK,
+    PreparedShape,
+    Warp,
+    WarpParams,
+    box_distance,
+    build_warp,
+    draw_warp_params,
+    field_of_view_box,
+    free_candidates,
+    prepare_shape,
+    random_rotation,
+    sample_shape,
+    shift_grid,
+    stand_in_offset,
+)
 from .topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
 
 __all__ = ["OrganPlacer", "PlacementRecord", "PlacedOrgan", "SkippedOrgan", "Violation", "Insertion", "random_rotation"]
 
 _OUTSIDE = Violation.outside()
-
-
-@dataclass
-class _Shape:
-    subject: str
-    flat: torch.Tensor  # padded mask, flattened (bool)
-    dims: np.ndarray  # padded mask shape
-    centroid: np.ndarray  # centroid in padded-crop voxels
+_CUT = Violation.cut_face()
+_COLLISIONS = (DISJOINT_OVERLAP, ADJACENT_OVERLAP, INSIDE_FRACTION)
+# Shift search: at most this many candidate points (a strided subsample of the coarse candidate), shifts checked in
+# full per try, and the safety margin on the coarse estimates of the carve and inside fractions.
+_SEARCH_POINTS, _SEARCH_CHECKS, _SEARCH_MARGIN = 512, 1, 0.05
+_SEARCH_TRIES = 1  # the last try of an organ searches for a free shift (the search costs time)
+# Room (mm) kept between a patch and its donor's field-of-view edge by fit_center: jitter, scale, rotation and bend
+# move a donor shape's cut face by about this much, so it then stays outside the patch.
+_FOV_MARGIN_MM = 15.0
 
 
 class OrganPlacer:
@@ -107,31 +130,63 @@ class OrganPlacer:
         self.table = torch.from_numpy(self.graph.code_table().astype(np.int64))
         self.writable = (self.table == CODE_FREE) | (self.table == CODE_OVERWRITE)
         self.parent_ids = {o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order}
-        prepared: dict[int, _Shape] = {}  # bank shapes are shared between the two views below: prepare once
+        prepared: dict[int, PreparedShape] = {}  # bank shapes are shared between the views below: prepare once
 
-        def prepare(shape) -> _Shape:
+        def prepare(shape) -> PreparedShape:
             if id(shape) not in prepared:
-                prepared[id(shape)] = _prepare(shape)
+                prepared[id(shape)] = prepare_shape(shape)
             return prepared[id(shape)]
 
         self.shapes = {o: [prepare(s) for s in bank.usable_shapes(o)] for o in self.order}
         self.donor_shapes = {o: {s.subject: prepare(s) for s in bank.measured_shapes(o)} for o in self.order}
-        # Largest distance from an organ's centroid to its crop corner (mm), at the largest scale.
-        self.reach_mm = {
-            o: max(
-                float(np.linalg.norm(np.maximum(s.centroid, s.dims - s.centroid)))
-                for s in self.shapes[o] + list(self.donor_shapes[o].values())
-            )
-            * bank.spacing
-            * self.scale_range[1]
-            + deform_mm
-            for o in self.order
-        }
+        # complete shapes that can stand in for a donor's cut one (none: the organ is skipped where a cut shows)
+        self.complete_shapes = {o: [s for s in self.shapes[o] if not s.cut] for o in self.order}
+        self.reach_mm = {o: self._reach_mm(o) + deform_mm for o in self.order}
+        self.field_of_view = {subject: self._field_of_view(subject) for subject in bank.subjects}
+        self._coarse: tuple[Warp | None, torch.Tensor | None] = (None, None)  # the last coarse candidate
+
+    def _reach_mm(self, organ: str) -> float:
+        """Largest distance (mm) from an organ's position to its crop corner, at the largest scale."""
+
+        def corner(shape: PreparedShape, offset=np.zeros(3)) -> float:
+            return float(np.linalg.norm(np.abs(offset) + np.maximum(shape.centroid, shape.dims - shape.centroid)))
+
+        shapes = self.shapes[organ] + list(self.donor_shapes[organ].values())
+        reach = max(corner(s) for s in shapes)
+        for cut in (s for s in self.donor_shapes[organ].values() if s.cut):  # stand-ins sit off the cut centroid
+            reach = max([reach] + [corner(c, stand_in_offset(cut, c)) for c in self.complete_shapes[organ]])
+        return reach * self.bank.spacing * self.scale_range[1]
+
+    def _field_of_view(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [
+            (s, self.anchors.subject_position(self.bank.class_id(o) - 1, subject))
+            for o in self.bank.organs
+            for s in self.bank.measured_shapes(o)
+            if s.subject == subject
+        ]
+        return field_of_view_box([s for s, _ in pairs], [p for _, p in pairs], self.bank.spacing)
 
     @property
     def extent_mm(self) -> np.ndarray:
         """Patch extent in mm."""
         return np.asarray(self.patch_size) * self.bank.spacing
+
+    def fit_center(self, center_mm: Sequence[float], donor: str) -> np.ndarray:
+        """``center_mm`` moved (per axis, as little as needed) so that the patch lies in ``donor``'s field of view.
+
+        Where the donor's field of view cut its organs, the patch keeps a margin from that edge, so the donor's cut
+        shapes show no cut face and no organ beyond its field of view has to be made up; where the field of view is
+        too short for the patch, the patch is centred on it (stand-ins then replace the cut shapes).
+        """
+        low, high = self.field_of_view[donor]
+        half = (np.asarray(self.patch_size) - 1) / 2 * self.bank.spacing + _FOV_MARGIN_MM
+        center = np.asarray(center_mm, dtype=float).copy()
+        lowest, highest = low + half, high - half
+        center = np.where(center < lowest, lowest, center)
+        center = np.where(center > highest, highest, center)
+        too_short = lowest > highest  # both ends are then finite
+        middle = np.where(too_short, low + (high - low) / 2, 0.0) if too_short.any() else center
+        return np.where(too_short, middle, center)
 
     def __call__(
         self, rng: np.random.RandomState, center_mm: Sequence[float], donor: str | None = None
@@ -159,31 +214,42 @@ class OrganPlacer:
             cls_id = self.bank.class_id(organ)
             index = cls_id - 1
             expected = self.anchors.expected_position(index, placed_pos, donor)
-            slack = self.reach_mm[organ] + np.linalg.norm(self.anchors.tolerance_mm(index, self.jitter_scale))
-            if _box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack:
+            tolerance = self.anchors.tolerance_mm(index, self.jitter_scale)
+            slack = self.reach_mm[organ] + np.linalg.norm(tolerance)
+            if box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack:
                 record.unreachable.append(organ)
                 continue
             parents = [p for p in self.parent_ids[organ] if p in placed_ids]
             violation = None
             for tries in range(1, self.max_tries + 1):
-                # each retry draws fresh jitter of shrinking amplitude (1, 1 - 1/max_tries, ...), so later
-                # tries approach the anchor itself
-                damping = 1.0 - (tries - 1) / self.max_tries
-                shape = self._pick_shape(organ, donor, rng)
+                # each retry draws fresh jitter and warp of shrinking amplitude (1, ..., 0 at the last try), and
+                # takes the donor's own shape where it has one: later tries approach the donor's layout, which fits
+                damping = 1.0 - (tries - 1) / max(self.max_tries - 1, 1)
+                shape = self._pick_shape(organ, donor, rng, retry=tries > 1)
                 subject = donor if shape.subject == donor else None  # the donor's shape sits where the donor's did
                 pos, expected = self.anchors.sample(index, rng, self.jitter_scale * damping, placed_pos, subject)
-                warp = self._draw_warp(shape, (pos - origin) / spacing, rng, damping)
-                if warp is None:
-                    violation = _OUTSIDE
-                    break
-                violation, carved, overwritten = self._try_insert(canvas, shape, warp, cls_id, parents)
+                params = draw_warp_params(rng, self.scale_range, self.rotation_rad, self.deform_vox, damping)
+                candidate = _Candidate(cls_id, shape, (pos - origin) / spacing, params, parents)
+                # integer shifts that keep the organ within its tolerance of the anchor
+                room = (
+                    np.ceil((expected - tolerance - pos) / spacing),
+                    np.floor((expected + tolerance - pos) / spacing),
+                )
+                search = tries > self.max_tries - _SEARCH_TRIES  # only before giving up
+                violation, carved, overwritten = self._place(canvas, candidate, room if search else None, rng)
                 if violation is None:
+                    pos = pos + candidate.shift_vox * spacing
                     placed_pos[index] = pos
                     placed_ids.add(cls_id)
-                    tolerance = self.anchors.tolerance_mm(index, self.jitter_scale)
                     record.placed.append(
-                        PlacedOrgan(organ, cls_id, shape.subject, pos, expected, tolerance, tries, carved, overwritten)
+                        PlacedOrgan(
+                            organ, cls_id, candidate.shape.subject, pos, expected, tolerance, tries, carved, overwritten
+                        )
                     )
+                    if candidate.stand_in:
+                        record.stand_ins.append(organ)
+                    if candidate.shifted:
+                        record.shifted.append(organ)
                 if violation is None or violation.kind == OUTSIDE:
                     break
             if violation is not None and violation.kind == OUTSIDE:
@@ -195,71 +261,86 @@ class OrganPlacer:
             p.voxels = int(counts[p.class_id])
         return canvas, record
 
-    def _pick_shape(self, organ: str, donor: str, rng: np.random.RandomState) -> _Shape:
-        """The donor's own shape (truncated or not) with probability donor_prob, else a random usable shape."""
+    def _pick_shape(self, organ: str, donor: str, rng: np.random.RandomState, retry: bool = False) -> PreparedShape:
+        """The donor's own shape (cut or not) with probability donor_prob (always on a retry), else a random one."""
         own = self.donor_shapes[organ].get(donor)
-        if own is not None and rng.uniform() < self.donor_prob:
+        if own is not None and (rng.uniform() < self.donor_prob or retry):
             return own
         shapes = self.shapes[organ]
         return shapes[rng.randint(len(shapes))]
 
     # ------------------------------------------------------------------ one candidate
-    def _draw_warp(
-        self, shape: _Shape, pos_vox: np.ndarray, rng: np.random.RandomState, damping: float = 1.0
-    ) -> _Warp | None:
-        """Draw a random warp of ``shape`` centred at ``pos_vox``; None when it cannot touch the patch.
+    def _place(
+        self, canvas: torch.Tensor, candidate: _Candidate, room: tuple[np.ndarray, np.ndarray] | None, rng
+    ) -> tuple[Violation | None, int, int]:
+        """Insert one candidate: as drawn, else by a complete stand-in where a cut face shows, else shifted.
 
-        ``damping`` in (0, 1] shrinks the random scale, rotation and deformation towards the identity.
+        ``room``: the lowest and highest voxel shift per axis that keep the organ within its anchor tolerance (None:
+        no shift search).
+        ``candidate`` is updated to what was finally tried (shape, stand-in offset, shift). Returns ``(violation or
+        None, voxels carved, voxels overwritten)``.
         """
-        scale = 1.0 + damping * (rng.uniform(*self.scale_range, size=3) - 1.0)
-        forward = random_rotation(rng, damping * self.rotation_rad) * scale[None, :]  # crop voxel -> patch voxel
-        inverse = np.linalg.inv(forward)
-        # Scale and rotate about the organ point nearest the patch centre, not its centroid: a spine or aorta
-        # turned 5 degrees about a centroid 20 cm away would sweep through its neighbours inside the patch.
-        centre = (np.asarray(self.patch_size) - 1) / 2
-        pivot_crop = np.clip(shape.centroid + centre - pos_vox, 0, shape.dims - 1)
-        pivot_vox = pos_vox + pivot_crop - shape.centroid
-        corners = np.array(np.meshgrid(*[[0.0, d - 1.0] for d in shape.dims], indexing="ij")).reshape(3, -1)
-        mapped = forward @ (corners - pivot_crop[:, None]) + pivot_vox[:, None]
-        margin = damping * self.deform_vox + 1
-        lo = np.maximum(np.floor(mapped.min(axis=1) - margin), 0).astype(int)
-        hi = np.minimum(np.ceil(mapped.max(axis=1) + margin) + 1, self.patch_size).astype(int)
-        if np.any(hi <= lo):
-            return None
-        size = hi - lo
-        # crop coordinate u = pivot + inverse @ (x - pivot') + bend(x) for each patch voxel x of the region; the
-        # bend is a sum of smooth 1D curves, one per (crop axis, patch axis), so the warp stays separable and
-        # costs no more than the affine part. +0.5 makes the integer conversion round to nearest.
-        offset = pivot_crop + inverse @ (lo - pivot_vox) + 0.5
-        # bend of crop axis k along patch axis m: amplitude[k, m] * sin(half period over the region + phase[k, m])
-        amplitude = rng.uniform(-1.0, 1.0, size=(3, 3)) * damping * self.deform_vox
-        phase = rng.uniform(0, np.pi, size=(3, 3))
-        terms = []
-        for m, n in enumerate(size):
-            term = inverse[:, m : m + 1] * np.arange(n) + amplitude[:, m : m + 1] * np.sin(
-                _half_period(n) + phase[:, m : m + 1]
-            )
-            if m == 0:
-                term += offset[:, None]
-            terms.append(torch.from_numpy(term.astype(np.float32)))
-        return _Warp(lo, hi, terms)
+        warp = candidate.warp(self.patch_size)
+        if warp is None:
+            return _OUTSIDE, 0, 0
+        result = self._try_insert(canvas, candidate.shape, warp, candidate.cls_id, candidate.parents)
+        if result[0] is not None and result[0].kind == CUT_FACE:
+            complete = self.complete_shapes[self.bank.organs[candidate.cls_id - 1]]
+            if not complete:
+                return result
+            stand_in = complete[rng.randint(len(complete))]
+            candidate.offset_vox = stand_in_offset(candidate.shape, stand_in)
+            candidate.shape, candidate.stand_in = stand_in, True
+            warp = candidate.warp(self.patch_size)
+            if warp is None:
+                return _OUTSIDE, 0, 0
+            result = self._try_insert(canvas, stand_in, warp, candidate.cls_id, candidate.parents)
+        if result[0] is None or result[0].kind not in _COLLISIONS:
+            return result
+        return (room is not None and self._shift(canvas, candidate, warp, room)) or result
 
-    def _sample(self, shape: _Shape, warp: _Warp, step: int = 1) -> torch.Tensor:
-        """Candidate mask on the warp's region, every ``step``-th voxel along each axis."""
-        flat_index = None  # float32 is exact here: padded crops hold < 2**24 voxels
-        stride = 1.0
-        for axis in (2, 1, 0):
-            t0, t1, t2 = (t[axis, ::step] for t in warp.terms)
-            u = (t0[:, None, None] + t1[None, :, None]) + t2[None, None, :]
-            # the padded crop's border is empty, so clamping sends every outside point to an empty voxel
-            u.clamp_(0, float(shape.dims[axis] - 1)).floor_()
-            if flat_index is None:
-                flat_index = u
-            else:
-                flat_index.add_(u.mul_(stride))
-            stride *= float(shape.dims[axis])
-        # index_select with int32 indices is several times faster than advanced indexing with int64 here
-        return shape.flat.index_select(0, flat_index.int().view(-1)).view(flat_index.shape)
+    def _shift(
+        self, canvas: torch.Tensor, candidate: _Candidate, warp: Warp, room: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[None, int, int] | None:
+        """Move a colliding candidate to the nearest free spot within its anchor tolerance, or None.
+
+        Shifted copies of the coarse candidate, at its scale and shrunk to the smallest scale allowed, are tested
+        against the patch in one gather; the nearest that pass (with a margin on the carve and inside fractions)
+        are checked and written at full resolution.
+        """
+        coarse = self._coarse[1] if self._coarse[0] is warp else sample_shape(candidate.shape, warp, step=2) != 0
+        points = torch.nonzero(coarse) * 2 + torch.from_numpy(warp.lo)
+        shifts = shift_grid(np.minimum(room[0], 0), np.maximum(room[1], 0))
+        if len(points) == 0:
+            return None
+        points = points[:: math.ceil(len(points) / _SEARCH_POINTS)]
+        shrink = self.scale_range[0] / float(candidate.params.scale.min())
+        factors = [1.0] + ([shrink] if shrink < 0.99 else [])
+        pivot = torch.from_numpy(warp.pivot)
+        copies = torch.stack([(pivot + f * (points - pivot)).round().long() for f in factors])  # (F, N, 3)
+        offsets = torch.cat([torch.zeros((1, 3), dtype=torch.long), shifts])  # (K, 3): unshifted first
+        max_carve = max(self.max_carve_fraction - _SEARCH_MARGIN, 0.0)
+        min_inside = min(self.min_inside_fraction + _SEARCH_MARGIN, 1.0)
+        table = self.table[candidate.cls_id]
+        free = free_candidates(canvas, copies, offsets, table, candidate.parents, max_carve, min_inside).flatten()
+        free[0] = False  # the candidate as drawn has failed already
+        # nearest first; a shrunk copy counts as a shift of two voxels
+        cost = (offsets**2).sum(dim=1)[None, :] + 4 * torch.arange(len(factors))[:, None]
+        order = torch.argsort(cost.flatten(), stable=True)
+        start = candidate.params
+        for k in order[free[order]][:_SEARCH_CHECKS].tolist():
+            factor, offset = factors[k // len(offsets)], offsets[k % len(offsets)]
+            candidate.shift_vox = offset.numpy().astype(float)
+            candidate.params = start.shrunk(factor) if factor != 1.0 else start
+            moved_warp = candidate.warp(self.patch_size)
+            if moved_warp is None:
+                continue
+            result = self._try_insert(canvas, candidate.shape, moved_warp, candidate.cls_id, candidate.parents)
+            if result[0] is None:
+                candidate.shifted = True
+                return result
+        candidate.shift_vox, candidate.params = np.zeros(3), start
+        return None
 
     def _violation(
         self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]
@@ -291,17 +372,23 @@ class OrganPlacer:
         return carved > (self.max_carve_fraction + 0.1) * n
 
     def _try_insert(
-        self, canvas: torch.Tensor, shape: _Shape, warp: _Warp, cls_id: int, parents: list[int]
+        self, canvas: torch.Tensor, shape: PreparedShape, warp: Warp, cls_id: int, parents: list[int]
     ) -> tuple[Violation | None, int, int]:
         """Check a candidate against the canvas and write it, then tell the observers.
 
         A coarse pass (every second voxel) rejects most violating candidates at an eighth of the cost; the full
         pass then checks and writes. Returns ``(None, voxels carved, voxels overwritten)`` on success, else
-        ``(violation, 0, 0)``, an ``outside`` one when the warped shape covers no voxel of the patch.
+        ``(violation, 0, 0)``: a ``cut_face`` one when a voxel next to a face the field of view cut lands in the
+        patch, an ``outside`` one when the warped shape covers no voxel of the patch.
         """
         view = canvas[warp.region]
         if not parents:  # an inside test needs the full resolution; a coarse one could wrongly reject
-            coarse = self._sample(shape, warp, step=2)
+            coarse = sample_shape(shape, warp, step=2)
+            if shape.cut:
+                if bool((coarse == CUT_MARK).any()):
+                    return _CUT, 0, 0
+                coarse = coarse != 0
+            self._coarse = (warp, coarse)  # kept for the shift search should the candidate collide
             coarse_view = view[::2, ::2, ::2]
             coarse_hits = (coarse_view != 0) & coarse  # elementwise tests beat boolean-mask reads of a strided view
             if bool(coarse_hits.any()):
@@ -314,7 +401,11 @@ class OrganPlacer:
                     violation.kind == DISJOINT_OVERLAP or self._clearly_overcarved(existing, cls_id, n_coarse)
                 ):
                     return violation, 0, 0
-        cand = self._sample(shape, warp)
+        cand = sample_shape(shape, warp)
+        if shape.cut:
+            if bool((cand == CUT_MARK).any()):
+                return _CUT, 0, 0
+            cand = cand != 0
         n = int(cand.sum())
         if n == 0:
             return _OUTSIDE, 0, 0
@@ -322,7 +413,7 @@ class OrganPlacer:
         before = view.clone() if self.observers else None
         if not parents and not bool(hits.any()):  # a child on empty ground still fails its inside check
             view.masked_fill_(cand, cls_id)
-            self._notify(cls_id, warp, before, view, cand, parents)
+            self._notify(cls_id, shape, warp, before, view, cand, parents)
             return None, 0, 0
         existing = view[hits].long()
         violation, carved, overwritten = self._violation(existing, cls_id, n, parents)
@@ -330,55 +421,30 @@ class OrganPlacer:
             keep = torch.zeros_like(hits)
             keep[hits] = ~self.writable[cls_id][existing]
             view.masked_fill_(cand & ~keep, cls_id)
-            self._notify(cls_id, warp, before, view, cand, parents)
+            self._notify(cls_id, shape, warp, before, view, cand, parents)
         return violation, carved, overwritten
 
-    def _notify(self, cls_id: int, warp: _Warp, before, after: torch.Tensor, mask: torch.Tensor, parents) -> None:
+    def _notify(self, cls_id: int, shape: PreparedShape, warp: Warp, before, after, mask, parents) -> None:
         if self.observers:
-            insertion = Insertion(cls_id, warp.region, before, after, mask, tuple(parents))
+            crop_index = lambda: warp.crop_index(shape.dims) - 1  # noqa: E731  (unpadded mask indices)
+            insertion = Insertion(cls_id, warp.region, before, after, mask, tuple(parents), shape.source, crop_index)
             for observer in self.observers:
                 observer(insertion)
 
 
-@dataclass
-class _Warp:
-    """A drawn warp: the patch region it covers and the separable terms of the crop coordinates."""
+class _Candidate:
+    """One drawn candidate: the shape, its warp parameters and where its centroid goes (patch voxels).
 
-    lo: np.ndarray
-    hi: np.ndarray
-    terms: list[torch.Tensor]  # terms[patch axis m]: (3, n_m), row k = crop axis k's term along patch axis m
+    The centroid goes to ``position_vox + shift_vox + offset_vox``: the drawn organ position, the integer shift that
+    moved a colliding candidate, and a stand-in's offset from the cut donor shape it replaces.
+    """
 
-    @property
-    def region(self) -> tuple[slice, ...]:
-        return tuple(slice(int(a), int(b)) for a, b in zip(self.lo, self.hi, strict=True))
+    def __init__(self, cls_id: int, shape: PreparedShape, position_vox: np.ndarray, params: WarpParams, parents):
+        self.cls_id, self.shape, self.params, self.parents = cls_id, shape, params, parents
+        self.position_vox = position_vox
+        self.shift_vox = np.zeros(3)
+        self.offset_vox = np.zeros(3)
+        self.stand_in = self.shifted = False
 
-
-@functools.lru_cache(maxsize=1024)
-def _half_period(n: int) -> np.ndarray:
-    """``n`` evenly spaced angles over [0, pi] (cached; region sizes repeat)."""
-    out = np.linspace(0, np.pi, n)
-    out.flags.writeable = False
-    return out
-
-
-def random_rotation(rng: np.random.RandomState, max_angle: float) -> np.ndarray:
-    """Rotation matrix from three angles drawn uniformly in ``[-max_angle, max_angle]`` (radians)."""
-    a, b, c = rng.uniform(-max_angle, max_angle, size=3)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _prepare(shape) -> _Shape:
-    """Pad a bank shape by one empty voxel (the clamping target of the lookup) and flatten it."""
-    padded = np.pad(shape.mask, 1)
-    n = padded.sum()
-    profiles = [padded.sum(axis=tuple(a for a in range(3) if a != k)) for k in range(3)]  # voxels per slice
-    centroid = np.array([(p * np.arange(p.size)).sum() / n for p in profiles])
-    return _Shape(shape.subject, torch.from_numpy(padded.ravel().copy()), np.asarray(padded.shape), centroid)
-
-
-def _box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-    """Euclidean distance from a point to an axis-aligned box (0 inside)."""
-    return float(np.linalg.norm(np.maximum(np.maximum(lo - point, point - hi), 0.0)))
+    def warp(self, patch_size) -> Warp | None:
+        return build_warp(self.shape, self.position_vox + self.shift_vox + self.offset_vox, self.params, patch_size)

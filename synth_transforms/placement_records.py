@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -24,6 +24,7 @@ __all__ = [
     "DISJOINT_OVERLAP",
     "ADJACENT_OVERLAP",
     "INSIDE_FRACTION",
+    "CUT_FACE",
     "OUTSIDE",
 ]
 
@@ -31,8 +32,9 @@ __all__ = [
 DISJOINT_OVERLAP = "disjoint"  # the candidate covered an organ it must be disjoint from
 ADJACENT_OVERLAP = "adjacent_overlap"  # it overlapped adjacent organs by more than max_carve_fraction of itself
 INSIDE_FRACTION = "inside_fraction"  # less than min_inside_fraction of it lay in its placed parent
+CUT_FACE = "cut_face"  # a face that the field of view cut lay inside the patch, and no complete shape could stand in
 OUTSIDE = "outside"  # it covered no voxel of the patch: its organ is recorded as unreachable, never as skipped
-REASON_KINDS = (DISJOINT_OVERLAP, ADJACENT_OVERLAP, INSIDE_FRACTION, OUTSIDE)
+REASON_KINDS = (DISJOINT_OVERLAP, ADJACENT_OVERLAP, INSIDE_FRACTION, CUT_FACE, OUTSIDE)
 
 
 class Violation(NamedTuple):
@@ -68,6 +70,12 @@ class Violation(NamedTuple):
         return cls(INSIDE_FRACTION, f"only {fraction:.0%} inside its parent", "too little inside its parent")
 
     @classmethod
+    def cut_face(cls) -> Violation:
+        """A face of the shape that the subject's field of view cut lay inside the patch."""
+        text = "cut face inside the patch"
+        return cls(CUT_FACE, text, text)
+
+    @classmethod
     def outside(cls) -> Violation:
         """The warped shape covered no voxel of the patch."""
         return cls(OUTSIDE, OUTSIDE, OUTSIDE)
@@ -80,7 +88,8 @@ class PlacedOrgan:
     Attributes:
         organ: its name; ``class_id`` its bank class id; ``subject`` the subject whose shape was used.
         position_mm: where its centroid went before the local scale, rotation and deformation (which pivot on the
-            organ point nearest the patch centre).
+            organ point nearest the patch centre); for a stand-in (:attr:`PlacementRecord.stand_ins`), where the
+            centroid of the donor shape it replaced went.
         expected_mm: its anchor; ``tolerance_mm`` the per-axis bound of the jitter around it.
         tries: candidates drawn, the accepted one included.
         carved: voxels of the candidate left to adjacent organs (and to its own children).
@@ -145,6 +154,9 @@ class Insertion:
         after: the region's labels after it (a view of the patch being built: copy it to keep it).
         mask: the candidate's voxels in the region (bool), carved ones included.
         parents: class ids of the placed parents it had to lie inside.
+        shape: the bank shape (:class:`~synth_transforms.bank.OrganShape`) it was drawn from, or None.
+        crop_index: called with no argument, the ``(3, *region)`` int64 index of the ``shape.mask`` voxel each region
+            voxel took its value from (-1 or the mask's size along an axis where it read beyond the crop), or None.
     """
 
     cls_id: int
@@ -153,6 +165,8 @@ class Insertion:
     after: torch.Tensor
     mask: torch.Tensor
     parents: tuple[int, ...]
+    shape: object | None = None
+    crop_index: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass
@@ -166,6 +180,9 @@ class PlacementRecord:
         placed: the placed organs, in placement order.
         skipped: the organs given up after ``max_tries`` violating candidates.
         unreachable: organs not processed because their anchor cannot reach the patch.
+        stand_ins: placed organs whose donor shape would have shown a face cut by the field of view inside the patch,
+            replaced by a complete shape of another subject (``PlacedOrgan.subject``) aligned to its uncut faces.
+        shifted: placed organs whose candidate collided and was moved (within the anchor tolerance) to a free spot.
     """
 
     origin_mm: np.ndarray
@@ -174,6 +191,8 @@ class PlacementRecord:
     placed: list[PlacedOrgan] = field(default_factory=list)
     skipped: list[SkippedOrgan] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
+    stand_ins: list[str] = field(default_factory=list)
+    shifted: list[str] = field(default_factory=list)
 
     @property
     def retries(self) -> int:
@@ -189,4 +208,6 @@ class PlacementRecord:
             "placed": [p.to_dict() for p in self.placed],
             "skipped": [s.to_dict() for s in self.skipped],
             "unreachable": list(self.unreachable),
+            "stand_ins": list(self.stand_ins),
+            "shifted": list(self.shifted),
         }

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from ._args import check_positive_int
+from ._args import check_fraction, check_positive_int
 from .bank import ShapeBank
 from .dataset import sample_seed
 from .metrics import InsertAudit, aggregate, sample_metrics
@@ -79,6 +79,7 @@ def plausibility_report(
     patch_size: Sequence[int] | int = 96,
     workers: int = 0,
     progress: bool = False,
+    max_skip_rate: float | None = 0.05,
     **label_kwargs,
 ) -> dict:
     """Generate ``n`` anatomy label patches and report how plausible they are (see :func:`metrics.aggregate`).
@@ -93,6 +94,8 @@ def plausibility_report(
         patch_size: patch size in voxels (int or 3 ints) when ``source`` is a bank.
         workers: DataLoader worker processes (0: in this process).
         progress: show a tqdm progress bar.
+        max_skip_rate: the report fails when an organ (attempted in at least ``metrics.MIN_ATTEMPTS`` patches) is
+            skipped in more than this fraction of the patches that reach it; None: not checked.
         label_kwargs: further :class:`RandAnatomyLabel` arguments when ``source`` is a bank (``organs``,
             ``center_organs``, ``anchors``, ``topology``, ``placement_options``).
 
@@ -101,6 +104,8 @@ def plausibility_report(
     """
     n = check_positive_int(n, "n", "plausibility_report")
     workers = check_positive_int(workers, "workers", "plausibility_report", minimum=0)
+    if max_skip_rate is not None:
+        max_skip_rate = check_fraction(max_skip_rate, "max_skip_rate", "plausibility_report")
     if source is None or isinstance(source, (ShapeBank, str, os.PathLike)):
         maker = RandAnatomyLabel(source, patch_size=patch_size, **label_kwargs)
     else:
@@ -112,7 +117,7 @@ def plausibility_report(
 
         loader = tqdm(loader, total=n, desc="validate", unit="patch")
     samples = list(loader)
-    report = aggregate(samples, placer.bank.organs, placer.bank.spacing, placer.min_inside_fraction)
+    report = aggregate(samples, placer.bank.organs, placer.bank.spacing, placer.min_inside_fraction, max_skip_rate)
     report["settings"] = {
         "n": n,
         "seed": int(seed),
@@ -122,11 +127,30 @@ def plausibility_report(
         "max_tries": placer.max_tries,
         "max_carve_fraction": placer.max_carve_fraction,
         "min_inside_fraction": placer.min_inside_fraction,
+        "max_skip_rate": max_skip_rate,
     }
     return report
 
 
 # ---------------------------------------------------------------------------------------------- text
+def _skip_lines(skips: Mapping | None) -> list[str]:
+    """The skip-rate limit and the organs over it; how often cut shapes were replaced and collisions moved."""
+    if not skips:
+        return []
+    lines = [
+        f"cut donor shapes replaced by complete stand-ins: {skips['stand_ins']}; colliding candidates moved to a free "
+        f"spot: {skips['shifted']}"
+    ]
+    if skips["max_skip_rate"] is not None:
+        limit = f"{100 * skips['max_skip_rate']:g}%"
+        over = ", ".join(f"{o} {100 * r:.1f}%" for o, r in skips["over"].items())
+        lines.append(
+            f"skip rate limit {limit} (organs attempted in >= {skips['min_attempts']} patches): "
+            + (f"FAIL, over it: {over}" if over else "ok, no organ over it")
+        )
+    return lines
+
+
 def _fmt_volume(volume: dict | None) -> str:
     if volume is None:
         return "-"
@@ -171,6 +195,7 @@ def format_report(report: Mapping) -> str:
         "organs per patch: median {median:g}, min {min}, max {max}; patches without any organ: {empty_patches}".format(
             **report["organs_per_sample"]
         ),
+        *_skip_lines(report.get("skips")),
         f"  {'organ':30s} {'present':>7s} {'volume ml, median (IQR)':>26s} {'placed':>6s} {'skipped':>7s} "
         f"{'skip%':>6s} {'unreach':>7s}  main skip reason",
     ]

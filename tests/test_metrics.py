@@ -186,3 +186,52 @@ def test_insert_audit_observes_a_placer():
             assert snap["taken"][vein].sum() == snap["taken"][vein, [0, liver]].sum()
         assert snap["taken"][liver, 1:].sum() == 0  # placed first, the liver took only background
     assert vein_placed > 0
+
+
+def _cut_insertion(after_value: int = 3):
+    """A 4x4x6 shape cut at its top (z high) written into a 4x4x6 region as it is (crop index = region index)."""
+    from synth_transforms.bank import OrganShape
+    from synth_transforms.placement_records import Insertion
+
+    faces = np.zeros((3, 2), dtype=bool)
+    faces[2, 1] = True
+    shape = OrganShape("c", "s", np.ones((4, 4, 6), dtype=bool), (0, 0, 0), np.zeros(3), 1.0, True, False, faces)
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in (4, 4, 6)), indexing="ij"))
+    region = tuple(slice(0, n) for n in (4, 4, 6))
+    before = torch.zeros((4, 4, 6), dtype=torch.uint8)
+    after = torch.full((4, 4, 6), after_value, dtype=torch.uint8)
+    after[:, :, -1] = 1  # the top slice carved (kept by an adjacent organ): not the new organ's voxels
+    mask = torch.ones((4, 4, 6), dtype=torch.bool)
+    return Insertion(3, region, before, after, mask, (), shape, lambda: grid)
+
+
+def test_audit_counts_voxels_written_next_to_a_cut_face():
+    audit = InsertAudit(4)
+    audit(_cut_insertion())
+    # the band is the two top slices; the carved top slice is not the new organ's: 4 x 4 voxels remain
+    assert audit.snapshot()["cut_face"] == {3: 16}
+    audit.reset()
+    assert audit.snapshot()["cut_face"] == {}
+
+
+def test_cut_face_and_skip_rate_checks(graph):
+    audit = {"taken": np.zeros((4, 4), dtype=np.int64), "written": {}, "cut_face": {1: 5}}
+    m = sample_metrics(_two_blocks(1, 0), _record(_placed("a", 1, 27)), graph, audit)
+    assert m["cut_face_voxels"] == 5
+    report = aggregate([m], ORGANS, 1.5)
+    assert report["checks"]["cut_face_voxels"] == {**report["checks"]["cut_face_voxels"], "value": 5, "ok": False}
+    assert report["checks"]["organs_over_max_skip_rate"]["value"] is None  # not asked for
+    # b skipped in 3 of 30 patches that reach it (10 %), c in 1 of 2 (too few to judge)
+    skip_b = SkippedOrgan.from_violation("b", 6, Violation.disjoint(["c"]))
+    skip_c = SkippedOrgan.from_violation("c", 6, Violation.cut_face())
+    records = [_record(_placed("a", 1, 27), skipped=[skip_b]) for _ in range(3)]
+    records += [_record(_placed("a", 1, 27), _placed("b", 2, 0)) for _ in range(27)]
+    records[0].skipped.append(skip_c)
+    records[1].placed.append(_placed("c", 3, 0))
+    samples = [sample_metrics(_two_blocks(1, 0), r, graph) for r in records]
+    strict = aggregate(samples, ORGANS, 1.5, max_skip_rate=0.05)
+    assert strict["checks"]["organs_over_max_skip_rate"]["value"] == 1 and not strict["ok"]
+    assert strict["skips"]["over"] == {"b": 0.1} and strict["organs"]["c"]["skip_rate"] == 0.5
+    assert strict["organs"]["c"]["skip_reasons"] == {"cut face inside the patch": 1}
+    assert aggregate(samples, ORGANS, 1.5, max_skip_rate=0.1)["ok"]
+    assert strict["checks"]["cut_face_voxels"]["value"] is None  # no audit: not measured

@@ -1,5 +1,6 @@
 """Tests of sequential, topology-checked placement (synth_transforms.placement)."""
 
+import dataclasses
 import json
 
 import _synthetic_labels as syn
@@ -8,14 +9,26 @@ import pytest
 import torch
 
 from synth_transforms import ADJACENT, DISJOINT, INSIDE, AnchorModel, OrganPlacer, TopologyGraph, load_bank
+from synth_transforms.bank import OrganShape
+from synth_transforms.insert_audit import InsertAudit
 from synth_transforms.placement_records import (
     ADJACENT_OVERLAP,
+    CUT_FACE,
     DISJOINT_OVERLAP,
     INSIDE_FRACTION,
     PlacedOrgan,
     SkippedOrgan,
     Violation,
 )
+from synth_transforms.placement_search import (
+    CUT_BAND,
+    CUT_MARK,
+    free_candidates,
+    prepare_shape,
+    shift_grid,
+    stand_in_offset,
+)
+from synth_transforms.topology import CODE_CARVE, CODE_DISJOINT, CODE_OVERWRITE
 
 PATCH = (64, 64, 64)
 #: Rigid placement: no scale, rotation or deformation, so a placed organ is an exact voxel copy of a bank shape.
@@ -381,3 +394,132 @@ def test_record_dict_of_a_real_placement(bank, anchors, placer):
     assert [p["organ"] for p in data["placed"]] == [p.organ for p in record.placed]
     assert all(set(p) == {f for f in PlacedOrgan.__dataclass_fields__} for p in data["placed"])
     assert all(set(s) == {"organ", "tries", "reason"} for s in data["skipped"])
+
+
+# ------------------------------------------------------------------------------------------------------ cut faces
+
+
+def _shape(mask: np.ndarray, cut_faces=None, subject="s") -> OrganShape:
+    faces = None if cut_faces is None else np.asarray(cut_faces, dtype=bool)
+    truncated = bool(faces is not None and faces.any())
+    return OrganShape("o", subject, mask, (0, 0, 0), np.zeros(3), 1.0, truncated, False, faces)
+
+
+def test_prepared_shapes_mark_the_band_next_to_each_cut_face():
+    mask = np.ones((4, 5, 6), dtype=bool)
+    cut = np.zeros((3, 2), dtype=bool)
+    cut[2, 1] = True  # superior face
+    prepared = prepare_shape(_shape(mask, cut))
+    assert prepared.cut and prepared.flat.dtype == torch.uint8
+    padded = prepared.flat.view(*prepared.dims).numpy()
+    inner = padded[1:-1, 1:-1, 1:-1]
+    assert (inner[..., -CUT_BAND:] == CUT_MARK).all() and (inner[..., :-CUT_BAND] == 1).all()
+    complete = prepare_shape(_shape(mask, np.zeros((3, 2))))
+    assert not complete.cut and complete.flat.dtype == torch.bool
+    assert prepare_shape(_shape(mask, None)).flat.dtype == torch.bool  # not truncated, faces unknown: no cut
+
+
+def test_stand_in_shares_the_uncut_face_of_the_cut_shape():
+    short = np.zeros((4, 4, 10), dtype=bool)
+    short[1:3, 1:3, :] = True
+    long = np.zeros((4, 4, 30), dtype=bool)
+    long[1:3, 1:3, :] = True
+    cut_top = np.zeros((3, 2), dtype=bool)
+    cut_top[2, 1] = True
+    cut, complete = prepare_shape(_shape(short, cut_top)), prepare_shape(_shape(long, np.zeros((3, 2))))
+    offset = stand_in_offset(cut, complete)
+    # the stand-in's first slice lands on the cut shape's first slice: centroid 14.5 - 4.5 = 10 voxels higher
+    np.testing.assert_allclose(offset, [0, 0, 10])
+    cut_bottom = cut_top[:, ::-1].copy()
+    np.testing.assert_allclose(stand_in_offset(prepare_shape(_shape(short, cut_bottom)), complete), [0, 0, -10])
+
+
+def test_no_cut_face_of_a_donor_shape_lands_in_the_patch(bank, anchors, graph):
+    """Patches at the edge of s0001's field of view (its liver, spleen, stomach, aorta and spine are cut at the top):
+    the audit finds no voxel of a placed organ next to a cut face, because complete stand-ins replaced the cut shapes.
+    """
+    audit = InsertAudit(bank.num_classes)
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, donor_prob=1.0, observers=[audit])
+    top = placer.field_of_view["s0001"][1][2]
+    assert np.isfinite(top)
+    spine = anchors.subject_position(bank.class_id("spine") - 1, "s0001")
+    center = np.array([spine[0], spine[1], top - 20.0])  # the field of view ends 20 mm above the patch centre
+    stand_ins = 0
+    for seed in range(4):
+        audit.reset()
+        label, record = placer(np.random.RandomState(seed), center, donor="s0001")
+        assert sum(audit.snapshot()["cut_face"].values()) == 0
+        by_organ = {p.organ: p for p in record.placed}
+        for organ in record.stand_ins:
+            shape = bank.shapes[organ]
+            assert by_organ[organ].subject != "s0001" or organ in ("kidney_left", "kidney_right")
+            assert any(not s.cut_face_mask.any() for s in shape)
+        stand_ins += len(record.stand_ins)
+    assert stand_ins > 0
+
+
+def test_organs_without_complete_shapes_are_skipped_where_their_cut_shows(toy_bank):
+    """A bank whose every shape is cut on all faces: any placed voxel would lie next to a cut face, so every organ
+    that reaches the patch is skipped with reason_kind cut_face (and counted as skipped, not unreachable)."""
+    cut_all = np.ones((3, 2), dtype=bool)  # truncated stays False, so the anchors still take the shapes as complete
+    shapes = {o: [dataclasses.replace(s, cut_faces=cut_all) for s in ss] for o, ss in toy_bank.shapes.items()}
+    bank = dataclasses.replace(toy_bank, shapes=shapes)
+    placer = OrganPlacer(bank, graph=TopologyGraph(bank.organs), patch_size=PATCH, **RIGID)
+    label, record = placer(np.random.RandomState(0), _toy_center(bank))
+    assert not record.placed and record.skipped and not label.any()
+    assert {s.reason_kind for s in record.skipped} == {CUT_FACE}
+
+
+def test_fit_center_keeps_the_patch_inside_the_donors_field_of_view(bank, anchors):
+    placer = OrganPlacer(bank, anchors, patch_size=PATCH)
+    top = placer.field_of_view["s0001"][1][2]
+    half = (PATCH[2] - 1) / 2 * bank.spacing
+    moved = placer.fit_center([0.0, 0.0, top], "s0001")
+    assert moved[2] + half < top - 10.0 and moved[:2].tolist() == [0.0, 0.0]
+    inside = [1.0, 2.0, top - half - 100.0]
+    np.testing.assert_array_equal(placer.fit_center(inside, "s0001"), inside)
+    assert np.isinf(placer.field_of_view["s0004"]).all()  # nothing of s0004 is cut: any centre is kept
+    np.testing.assert_array_equal(placer.fit_center([5.0, 6.0, 1e4], "s0004"), [5.0, 6.0, 1e4])
+
+
+# ------------------------------------------------------------------------------------------------ collision search
+
+
+def test_shift_grid_is_nearest_first_and_bounded():
+    shifts = shift_grid(np.array([-3, 0, -1]), np.array([2, 0, 1]))
+    assert shifts.shape[1] == 3 and not (shifts == 0).all(dim=1).any()
+    assert (shifts[:, 0] >= -3).all() and (shifts[:, 0] <= 2).all() and (shifts[:, 1] == 0).all()
+    norms = (shifts**2).sum(dim=1)
+    assert torch.equal(norms, norms.sort().values)
+    assert len(shift_grid(np.zeros(3), np.zeros(3))) == 0
+
+
+def test_free_candidates_tells_free_copies_from_colliding_ones():
+    codes = torch.tensor([0, CODE_DISJOINT, CODE_CARVE])  # label 1: disjoint, label 2: adjacent
+    canvas = torch.zeros((10, 10, 10), dtype=torch.uint8)
+    canvas[5:, :, :] = 1
+    canvas[:, :, 8:] = 2
+    points = torch.tensor([[[4, 4, 6], [4, 4, 7]]])  # one copy of a 2-voxel candidate next to both blocks
+    offsets = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    free = free_candidates(canvas, points, offsets, codes, [], max_carve=0.3, min_inside=0.5)
+    assert free.tolist() == [[True, False, False]]  # as is; on the disjoint block; half on the adjacent one
+    assert free_candidates(canvas, points, offsets[2:], codes, [], max_carve=0.5, min_inside=0.5).tolist() == [[True]]
+    inside = free_candidates(canvas, points, offsets, torch.tensor([0, CODE_OVERWRITE, CODE_CARVE]), [1], 0.3, 0.5)
+    assert inside.tolist() == [[False, True, False]]  # a child must lie in its parent (label 1)
+    off_patch = free_candidates(canvas, points - 20, offsets[:1], codes, [], 0.3, 0.5)
+    assert off_patch.tolist() == [[False]]  # a copy entirely off the patch is no placement
+
+
+def test_collision_search_places_more_organs_within_tolerance(bank, anchors, graph):
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH)
+    center = _center(anchors, bank, "kidney_right")
+    with_search, shifted = 0, 0
+    for seed in range(6):
+        _, record = placer(np.random.RandomState(seed), center)
+        with_search += len(record.skipped)
+        shifted += len(record.shifted)
+        for p in record.placed:  # a moved organ stays within its anchor tolerance
+            assert np.all(np.abs(p.position_mm - p.expected_mm) <= p.tolerance_mm + 1e-9)
+    placer._shift = lambda *args: None  # the search switched off (on this placer only)
+    without = sum(len(placer(np.random.RandomState(seed), center)[1].skipped) for seed in range(6))
+    assert shifted > 0 and with_search < without

@@ -455,3 +455,17 @@ def test_bad_render_option_fails_at_construction():
         RandShellRender(render_options={"noise_std": (0.2, 0.1)})
     with pytest.raises(ValueError, match=r"^RandShellRender: thickness must be"):
         RandShellRender(render_options={"thickness": (0, 2)})
+
+
+def test_patch_centres_stay_inside_the_donors_field_of_view():
+    """Where a donor's field of view cut its organs, RandAnatomyLabel keeps the patch (and a margin) inside it."""
+    maker = RandAnatomyLabel(patch_size=PATCH).set_random_state(seed=0)
+    half = (np.asarray(PATCH) - 1) / 2 * maker.bank.spacing
+    checked = 0
+    for _ in range(40):
+        maker.randomize()
+        low, high = maker.placer.field_of_view[maker._donor]
+        centre = maker._center
+        assert np.all(centre - half >= low) and np.all(centre + half <= high)
+        checked += int(np.isfinite(high).any())
+    assert checked > 0

@@ -38,7 +38,7 @@ def test_audit_measures_inside_children():
     bank = load_bank()
     graph = TopologyGraph.from_bank(bank, overrides=[("portal_vein_and_splenic_vein", "inside", "liver")])
     maker = RandAnatomyLabel(bank, patch_size=(48, 48, 48), topology=graph, center_organs=["liver"])
-    report = plausibility_report(maker, n=40, seed=1)
+    report = plausibility_report(maker, n=40, seed=1, max_skip_rate=None)  # skip rates: their own test
     row = report["inside"]["portal_vein_and_splenic_vein"]
     assert row["placed_with_parent"] > 0
     assert row["fraction_min"] >= maker.placer.min_inside_fraction
@@ -96,7 +96,8 @@ def test_text_report_names_every_check_and_organ():
 
 def test_thousand_patches_are_plausible():
     """1000 default-bank patches (48^3): no overlap violations, no organ off its anchor, only documented ids."""
-    report = plausibility_report(n=1000, seed=0, patch_size=48, workers=2)
+    # max_skip_rate=None: thin organs are still skipped in more than 5 % of patches (the skip-rate check fails)
+    report = plausibility_report(n=1000, seed=0, patch_size=48, workers=2, max_skip_rate=None)
     json.dumps(report)  # JSON-serialisable
     text = format_report(report)
     assert report["ok"], text
@@ -105,9 +106,22 @@ def test_thousand_patches_are_plausible():
     assert checks["adjacent_overwrite_voxels"] == 0
     assert checks["organs_outside_tolerance"] == 0
     assert checks["samples_with_invalid_ids"] == 0 and checks["samples_with_unrecorded_ids"] == 0
+    assert checks["cut_face_voxels"] == 0
     assert report["num_classes"] == 22 and report["invalid_ids"] == []
     assert report["anchors"]["placements"] == sum(row["placed"] for row in report["organs"].values())
     assert report["anchors"]["max_ratio"] <= 1.0 + 1e-6
     assert report["organs"]["liver"]["presence_rate"] > 0.2  # the liver is in most upper-abdominal patches
     assert report["overlap"]["adjacent_carved_voxels"] > 0  # adjacent organs do meet and get carved
     assert "PASS" in text and "liver" in text
+
+
+def test_report_checks_cut_faces_and_skip_rates():
+    report = plausibility_report(n=4, seed=3, patch_size=32)
+    assert report["checks"]["cut_face_voxels"]["value"] == 0  # measured by the audit, not read from the record
+    assert report["checks"]["organs_over_max_skip_rate"]["value"] == 0  # 4 patches: too few to judge a rate
+    assert report["skips"]["max_skip_rate"] == report["settings"]["max_skip_rate"] == 0.05
+    assert "skip rate limit 5% (organs attempted in >= 20 patches): ok" in format_report(report)
+    unchecked = plausibility_report(n=1, seed=3, patch_size=32, max_skip_rate=None)
+    assert unchecked["checks"]["organs_over_max_skip_rate"]["value"] is None
+    with pytest.raises(ValueError, match="plausibility_report: max_skip_rate must be"):
+        plausibility_report(n=1, max_skip_rate=1.5)

@@ -87,7 +87,8 @@ class RandAnatomyLabel(RandomizableTransform):
     """Make a label patch by sequential, topology-checked placement of shape-bank organs at their anchors.
 
     ``randomize`` draws a donor subject, a patch centre (where the donor has a random organ of ``center_organs``,
-    plus uniform jitter of up to a quarter of the patch) and a placement seed; ``__call__`` then places organs with
+    plus uniform jitter of up to a quarter of the patch, then moved into the donor's field of view where it cut
+    organs: :meth:`OrganPlacer.fit_center`) and a placement seed; ``__call__`` then places organs with
     :class:`~synth_transforms.placement.OrganPlacer` following the donor's layout, every draw of the placement
     coming from that seed. The record of the last call (placed, retried, skipped organs) is kept in
     ``self.last_record``.
@@ -158,7 +159,9 @@ class RandAnatomyLabel(RandomizableTransform):
         self._donor = self.bank.subjects[self.R.randint(len(self.bank.subjects))]
         own = self.center_ids[self._donor]
         anchor = self.placer.anchors.expected_position(own[self.R.randint(len(own))], None, self._donor)
-        self._center = anchor + self.R.uniform(-0.25, 0.25, size=3) * self.placer.extent_mm
+        center = anchor + self.R.uniform(-0.25, 0.25, size=3) * self.placer.extent_mm
+        # kept inside the donor's field of view where it cut organs: no cut face, no organ missing beyond the edge
+        self._center = self.placer.fit_center(center, self._donor)
         self._seed = _draw_seed(self.R)
 
     def __call__(self, data=None, randomize: bool = True) -> MetaTensor:
