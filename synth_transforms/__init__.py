@@ -3,7 +3,8 @@
 Main entry points: :class:`ShapeBank` (organ shapes of a few real subjects), :class:`AnchorModel` (where organs
 lie), :class:`TopologyGraph` (which organs may touch or overlap), :class:`OrganPlacer` (sequential, topology-checked
 placement), :func:`render_label` (contour-shell rendering), the MONAI transforms (``RandAnatomySynthd``,
-``RandPrimitiveSynthd`` and their pieces) and :class:`SyntheticDataset`.
+``RandPrimitiveSynthd`` and their pieces), :class:`SyntheticDataset` and :func:`realism_report` (synthetic label
+patches against patches of real label maps).
 """
 
 from ._version import __version__ as __version__
@@ -17,6 +18,7 @@ from .organ_shape import OrganShape
 from .placement import OrganPlacer, PlacementRecord
 from .pretrained import load_pretrained
 from .primitives import NUM_PRIMITIVE_CLASSES, PRIMITIVE_CLASSES, primitive_label_map
+from .realism import format_realism, realism_report
 from .render import RENDER_MODES, contour_shell, render_label
 from .topology import ADJACENT, DISJOINT, INSIDE, RELATIONS, TopologyGraph
 from .transforms import (
@@ -72,6 +74,8 @@ __all__ = [
     "NUM_PRIMITIVE_CLASSES",
     "PRIMITIVE_CLASSES",
     "primitive_label_map",
+    "realism_report",
+    "format_realism",
     "RENDER_MODES",
     "contour_shell",
     "render_label",

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from .bank_build import _report_lines, build_fields
-from .bank_build import _subject_ids as _subject_ids  # realism.py imports it from here
 from .io import atomic_path
 from .organ_maps import DEFAULT_ISLAND_FRACTION
 from .organ_names import (

@@ -22,7 +22,7 @@ from .organ_maps import _read_organ_map
 from .organ_names import DEFAULT_ORGANS, check_mirror_pairs, check_relative_anchors
 from .organ_shape import OrganShape
 
-__all__ = ["build_fields"]
+__all__ = ["build_fields", "subject_ids"]
 
 #: The build's messages go to the bank's logger, whatever module writes them (``bank build`` shows its INFO lines).
 logger = logging.getLogger("synth_transforms.bank")
@@ -51,7 +51,7 @@ def build_fields(
     The arguments and errors are those of :meth:`ShapeBank.build <synth_transforms.bank.ShapeBank.build>`.
     """
     if not isinstance(label_maps, Mapping):
-        label_maps = _subject_ids(list(label_maps))
+        label_maps = subject_ids(list(label_maps))
     if not label_maps:
         raise ValueError("no label maps given: pass {subject: path} or a list of label-map files")
     island_fraction = check_fraction(island_fraction, "island_fraction", "ShapeBank.build")
@@ -117,7 +117,9 @@ def build_fields(
     }
 
 
-def _subject_ids(paths: list) -> dict[str, Path]:
+def subject_ids(paths: list) -> dict[str, Path]:
+    """``{subject: path}`` of label-map files: ids from their parent folders when those are unique, else from the
+    file names (up to the first dot); raises ValueError when neither is unique."""
     paths = [Path(p) for p in paths]
     parents = [p.parent.name for p in paths]
     if len(set(parents)) == len(paths) and all(parents):

@@ -11,13 +11,17 @@ Commands:
   [--workers auto]``: N NIfTI pairs plus a Decathlon ``dataset.json``; resumable, byte-identical on resume;
 - ``graph [--bank ...] [--topology graph.json] [--out graph.json | graph.png]``: show, save or draw the topology;
 - ``validate [--n 1000] [--seed 0] [--patch_size 96] [--json report.json] [--bank ...] [--workers auto]``: the
-  plausibility report of :mod:`synth_transforms.validation` (exit status 1 when a check fails);
+  plausibility report of :mod:`synth_transforms.validation` (exit status 1 when a check fails); with
+  ``--reference <label maps> --class_map <json> [--n_real 200] [--organ_classes <json>] [--outside shift|pad]
+  [--holdout_banks False] [--primitives True]`` instead the realism report of :mod:`synth_transforms.realism`
+  (synthetic patches against patches cut from real label maps, with leave-one-subject-out baselines);
 - ``bench [--n 20] [--patch_size 96] [--mode shell]``: median seconds per pair of the anatomy and primitive
   synthesis on one thread.
 
-This module parses and prints. The commands are plain functions that check every argument before any work
-(:mod:`synth_transforms._args`) and return what they made; fire exposes them as they are (its help comes from their
-signatures and docstrings) through :func:`_printed`, which prints the result. Dataset and preview writing live in
+This module parses and prints (list arguments: :mod:`synth_transforms.cli_args`). The commands are plain functions
+that check every argument before any work (:mod:`synth_transforms._args`) and return what they made; fire exposes
+them as they are (its help comes from their signatures and docstrings) through :func:`_printed`, which prints the
+result. Dataset and preview writing live in
 :mod:`synth_transforms.generate`. Bad input ends with ``error: <message>`` and exit status 2
 (:func:`synth_transforms.fire_runner.run_fire`).
 """
@@ -25,9 +29,7 @@ signatures and docstrings) through :func:`_printed`, which prints the result. Da
 from __future__ import annotations
 
 import functools
-import glob
 import inspect
-import json
 import logging
 import statistics
 import sys
@@ -49,6 +51,9 @@ from ._args import (
     fail,
 )
 from .bank import DEFAULT_BANK_PATH, ShapeBank
+from .cli_args import names as _names
+from .cli_args import organ_spec as _organ_spec
+from .cli_args import resolve_label_maps as _resolve_label_maps
 from .dataset import sample_seed
 from .fire_runner import run_fire
 from .generate import _auto_workers, _bank, generate_dataset, make_synth, write_preview
@@ -57,88 +62,6 @@ from .render import RENDER_MODES
 from .topology import TopologyGraph
 
 __all__ = ["main", "build_bank", "bank_info", "show_graph", "validate", "bench"]
-
-LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-# ---------------------------------------------------------------------------------------------- list arguments
-def _json_list(text: str, what: str):
-    """The JSON held by ``text``, when it is a JSON list (``'["a", "b"]'``) or a ``.json`` file; else None."""
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: {text!r} is not a valid JSON list ({e})") from e
-    if text.endswith(".json"):
-        return read_json(Path(text), what)
-    return None
-
-
-def _names(value, what: str = "names") -> list[str] | None:
-    """Names from None, a list/tuple (fire turns ``a,b`` into a tuple), a JSON list, or a comma-separated string."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        listed = _json_list(value, what)
-        if listed is None:
-            return [v.strip() for v in value.split(",") if v.strip()]
-        value = listed
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
-        raise fail(what, "a comma list, a JSON list or a .json file holding a list of names", value)
-    return [str(v) for v in value]
-
-
-def _resolve_label_maps(label_maps) -> list[Path]:
-    """Label-map files from a glob, a folder, a file, a comma list or a JSON list of those (inline or in a ``.json``
-    file, whose relative paths are relative to its folder), or a list of those."""
-    if isinstance(label_maps, (list, tuple)):
-        return [p for item in label_maps for p in _resolve_label_maps(str(item))]
-    text = str(label_maps)
-    listed = _json_list(text, "label map list")
-    if listed is not None:
-        if not isinstance(listed, list) or not all(isinstance(item, str) for item in listed):
-            raise fail("label map list", "a JSON list of paths", listed)
-        base = Path(text).parent if text.strip().endswith(".json") else Path()
-        return _resolve_label_maps([str(base / item) for item in listed])
-    if "," in text and not Path(text).exists():
-        return _resolve_label_maps([item.strip() for item in text.split(",") if item.strip()])
-    if any(ch in text for ch in "*?["):
-        found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-        if not found:
-            raise FileNotFoundError(f"label maps: no file matches {text!r}")
-        return found
-    path = Path(text)
-    if path.is_dir():
-        found = _label_files_in(path)
-        if not found:
-            raise FileNotFoundError(
-                f"label maps: folder {path} holds no {'/'.join(LABEL_MAP_SUFFIXES)} file (nor one per subfolder)"
-            )
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"label map {path}: file not found")
-    return [path]
-
-
-def _label_files_in(folder: Path) -> list[Path]:
-    """Label maps directly in ``folder``, else those one level down (one folder per subject)."""
-    for pattern in ("*", "*/*"):
-        found = sorted(p for p in folder.glob(pattern) if p.is_file() and p.name.endswith(LABEL_MAP_SUFFIXES))
-        if found:
-            return found
-    return []
-
-
-def _organ_spec(organs) -> dict[str, list[str]] | list[str] | None:
-    """Organs for ``ShapeBank.build``: None, ``{organ: [class names]}`` (or a JSON file of it), or names."""
-    if isinstance(organs, str) and organs.strip().endswith(".json"):
-        organs = read_json(Path(organs.strip()), "organ file")
-        if not isinstance(organs, (dict, list)):
-            raise fail("organ file", "{organ: [class names]} or a list of names", organs)
-    if isinstance(organs, Mapping):
-        return {str(o): [parts] if isinstance(parts, str) else list(parts) for o, parts in organs.items()}
-    return _names(organs, "organs")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -273,8 +196,15 @@ def validate(
     organs=None,
     topology=None,
     progress: bool = True,
+    reference=None,
+    class_map=None,
+    n_real: int = 200,
+    organ_classes=None,
+    outside: str = "shift",
+    holdout_banks: bool = False,
+    primitives: bool = True,
 ) -> dict:
-    """Plausibility report of n anatomy patches; the command exits with status 1 if a check fails.
+    """Plausibility report of n anatomy patches (exit status 1 if a check fails), or with --reference their realism.
 
     Args:
         n: number of patches.
@@ -286,9 +216,18 @@ def validate(
         organs: comma or JSON list of organs to place (default: all).
         topology: topology JSON to place under (default: derived from the bank).
         progress: show a progress bar.
+        reference: real label maps (a glob, a folder, a comma or JSON list, as bank build's --label_maps): print the
+            realism report (synth_transforms.realism) of the n patches against patches cut from these instead.
+        class_map: with --reference: JSON file {"id": "class name"} naming the reference's ids.
+        n_real: with --reference: real patches per reference subject.
+        organ_classes: with --reference: JSON file {organ: [class names merged]} (default: the bank's merge rules).
+        outside: with --reference: a real window reaching outside the field of view is shifted inside (shift) or
+            padded with background (pad).
+        holdout_banks: with --reference: also compare, per subject, synthesis from a bank rebuilt without it.
+        primitives: with --reference: also measure the primitive-solid baseline.
 
     Returns:
-        The report (see synth_transforms.validation.plausibility_report).
+        The report (see synth_transforms.validation.plausibility_report or synth_transforms.realism.realism_report).
     """
     owner = "validate"
     json_path = None if json is None else check_output_file(json, "json", owner)
@@ -297,6 +236,25 @@ def validate(
     size = as_size3(patch_size, "patch_size", owner)
     workers = _auto_workers(workers, n, owner)
     progress = check_bool(progress, "progress", owner)
+    realism = {
+        "class_map": class_map,
+        "n_real": n_real,
+        "organ_classes": organ_classes,
+        "outside": outside,
+        "holdout_banks": holdout_banks,
+        "primitives": primitives,
+    }
+    if reference is not None:
+        if topology is not None:
+            raise fail("topology", "left out with --reference (realism places under the bank's graph)", topology, owner)
+        report = _realism(reference, n, seed, size, bank, workers, progress, _names(organs, "organs"), **realism)
+        if json_path is not None:
+            write_json_atomic(json_path, report)
+        return report
+    defaults = inspect.signature(validate).parameters
+    given = [name for name, value in realism.items() if value != defaults[name].default]
+    if given:
+        raise fail("reference", f"label maps when {', '.join(given)} is given", reference, owner)
     kwargs = {"organs": _names(organs, "organs")} if organs is not None else {}
     if topology is not None:
         kwargs["topology"] = str(topology)
@@ -306,6 +264,36 @@ def validate(
     if json_path is not None:
         write_json_atomic(json_path, report)
     return report
+
+
+def _realism(reference, n, seed, size, bank, workers, progress, organs, **options) -> dict:
+    """``validate --reference``: the options checked and the label maps found, then the realism report."""
+    owner = "validate"
+    if options["class_map"] is None:
+        raise fail("class_map", "a JSON {id: name} file naming the --reference ids", None, owner)
+    rules = _organ_spec(options["organ_classes"])
+    checked = {
+        "n_real": check_positive_int(options["n_real"], "n_real", owner),
+        "outside": check_choice(options["outside"], "outside", ("shift", "pad"), owner),
+        "holdout_banks": check_bool(options["holdout_banks"], "holdout_banks", owner),
+        "primitives": check_bool(options["primitives"], "primitives", owner),
+        "organ_classes": {o: [o] for o in rules} if isinstance(rules, list) else rules,
+    }
+    files = _resolve_label_maps(reference)
+    from .realism import realism_report  # imported once the arguments are known to be good
+
+    return realism_report(
+        files,
+        str(options["class_map"]),
+        n=n,
+        seed=seed,
+        patch_size=size,
+        bank=_bank(bank),
+        organs=organs,
+        workers=workers,
+        progress=progress,
+        **checked,
+    )
 
 
 def bench(n: int = 20, patch_size=96, mode: str = "shell", bank=None) -> dict[str, float]:
@@ -373,11 +361,14 @@ def _show_graph(result, args: dict) -> None:
 
 
 def _show_report(report: dict, args: dict) -> None:
+    from .realism import format_realism
     from .validation import format_report
 
-    print(format_report(report))
+    print(format_realism(report) if "statistics" in report else format_report(report))
     if args["json"] is not None:
         print(f"report: {args['json']}")
+    if "statistics" in report:  # realism measures distances; it has no pass or fail
+        return
     if not report["ok"]:
         failed = [k for k, c in report["checks"].items() if not c["ok"]]
         print(f"validation failed: {', '.join(failed)}", file=sys.stderr)

@@ -1,28 +1,11 @@
 """Realism of synthetic label patches, measured against patches cut from real label maps.
 
-Real patches are cut from reference label maps (any ids, with their class map) after mapping their classes to the
-bank's organs and class ids (by the bank's own merge rules, e.g. ``lung_right`` = its three lobes) and resampling
-them to the bank's spacing. Their centres are drawn the way :class:`~synth_transforms.transforms.RandAnatomyLabel`
-draws them: a centre organ uniformly among the subject's organs (of those compared), its centroid, plus uniform
-jitter of up to a quarter of the patch per axis (:func:`draw_patch_center`). A window that reaches outside the field
-of view is shifted back inside it (every voxel of a real patch is observed anatomy, never padding standing in for
-the unknown); the fraction of shifted windows and their mean shift are reported. Only along an axis shorter than
-the patch is the window padded with background, and the padded fraction is reported. ``outside="pad"`` keeps every
-window where it was drawn instead and counts the unseen part as background.
-
-Statistics per patch set (:func:`patch_statistics` per patch): organ presence rate, organ volume in the patch (ml),
-organs per patch, pairwise centroid offsets (mm, 3D, for pairs present together) and the contact rate of pairs
-present together (at least one shared 6-neighbour face). Label-agnostic ones, which also apply to the primitive
-baseline (its labels have no organ identity): labels per patch, label volume (pooled over labels), foreground
-fraction, fraction of the co-present label pairs that touch, and centroid distance (pooled over pairs).
-
-Distances (lower is closer): absolute difference of rates (the total variation distance of two Bernoulli laws),
-1-D Wasserstein distance (``scipy.stats.wasserstein_distance``, W1) of scalar distributions, divided by the mean of
-the two sets' mean volumes for volumes (organ volumes span four decades: absolute ml would rank only the large
-organs; the symmetric scale lets either side be the reference), and for 3D
-offsets the mean over the three axes of the per-axis Wasserstein distance (mm; it ignores the dependence between
-axes but reads as a shift in mm, and costs nothing). Each statistic is summarised by its mean over organs or pairs
-with at least ``min_samples`` values on both sides.
+Three modules, one job each: :mod:`~synth_transforms.realism_patches` makes the patch sets (real patches cut from
+reference label maps, mapped to the bank's organs, centres drawn as synthesis draws them; synthetic and primitive
+patches), :mod:`~synth_transforms.realism_stats` holds the per-patch statistics and the distances between two sets,
+and this module runs the comparison (:func:`realism_report`) and prints it (:func:`format_realism`). The public names
+of all three are importable from here. Command line: ``python -m synth_transforms validate --reference <label maps>
+--class_map <json>``.
 
 So that a number means something, the same distances are measured between real subjects: with ``K >= 2``
 reference subjects, fold ``k`` compares subject ``k``'s patches with the pooled patches of the others (leave one
@@ -33,8 +16,6 @@ subject ``k`` makes the ``k``-th share, compared with subject ``k`` itself (``sy
 subjects' real patches are in ``loso``. Within a fold every comparison is summarised over the organs / pairs defined
 in all of them (a held-out field of view without lungs has no lung pairs), and fold summaries are averaged over
 ``k``. The synthetic and primitive sets are also compared with all real patches at once (``*_all``).
-
-The reference maps are used as they are (no island cleaning as in the bank build): they are the truth compared with.
 """
 
 from __future__ import annotations
@@ -42,18 +23,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-from scipy.stats import wasserstein_distance
-from torch.utils.data import DataLoader, Dataset
 
-from ._args import as_size3, check_bool, check_choice, check_positive_int
-from .bank import ShapeBank, _subject_ids, load_bank
-from .dataset import sample_seed
-from .io import read_class_map, read_label_map
+from ._args import as_size3, check_bool, check_positive_int
+from .bank import ShapeBank, load_bank
+from .realism_patches import (
+    CENTER_JITTER_FRACTION,
+    _holdout_bank,
+    draw_patch_center,
+    reference_patches,
+    synthetic_patches,
+)
+from .realism_stats import STATISTICS, PatchSet, _average_folds, _common_support, _pairs, compare, patch_statistics
 from .transforms import RandAnatomyLabel, RandPrimitiveLabel
 
 __all__ = [
@@ -65,495 +48,6 @@ __all__ = [
     "realism_report",
     "format_realism",
 ]
-
-#: Patch centres are jittered uniformly by up to this fraction of the patch extent per axis (as in RandAnatomyLabel).
-CENTER_JITTER_FRACTION = 0.25
-#: An organ with fewer voxels in a reference subject is not used as a patch centre (ShapeBank.build's min_voxels).
-CENTER_MIN_VOXELS = 20
-#: Build settings a bank records in ``source`` that a held-out bank is rebuilt with.
-_BUILD_SETTINGS = ("mirror_pairs", "contact_margin", "relative_anchors", "island_fraction")
-#: Seed-sequence tag of the real patches' centre stream (the synthetic stream is sample_seed(seed, 0, i)).
-_REAL_STREAM = 1
-
-#: statistic -> (what it compares, distance, applies to primitives). Organ-identity statistics come first.
-STATISTICS: dict[str, tuple[str, str, bool]] = {
-    "presence": ("organ presence rate", "mean |rate difference| over organs", False),
-    "volume": ("organ volume in the patch", "mean over organs of W1 / mean volume", False),
-    "organs_per_patch": ("organs (labels) per patch", "W1 (organs)", True),
-    "centroid_offset": ("centroid offset of co-present pairs", "mean over pairs of per-axis W1 (mm)", False),
-    "contact": ("contact rate of co-present pairs", "mean |rate difference| over pairs", False),
-    "label_volume": ("label volume, pooled over labels", "W1 / mean volume", True),
-    "foreground": ("foreground fraction of the patch", "W1 (fraction)", True),
-    "touching_pairs": ("fraction of co-present pairs touching", "W1 (fraction)", True),
-    "centroid_distance": ("centroid distance, pooled over pairs", "W1 (mm)", True),
-}
-
-
-# ---------------------------------------------------------------------------------------------- one patch
-def draw_patch_center(rng: np.random.RandomState, centers_mm: Sequence, extent_mm: Sequence[float]) -> np.ndarray:
-    """A patch centre: one of ``centers_mm`` drawn uniformly, plus uniform jitter of up to a quarter of the extent.
-
-    This is the draw :class:`~synth_transforms.transforms.RandAnatomyLabel` makes after choosing its donor
-    (``centers_mm`` = the donor's positions of its centre organs), with the same two calls on ``rng``.
-    """
-    center = np.asarray(centers_mm[rng.randint(len(centers_mm))], dtype=float)
-    jitter = rng.uniform(-CENTER_JITTER_FRACTION, CENTER_JITTER_FRACTION, size=3)
-    return center + jitter * np.asarray(extent_mm, dtype=float)
-
-
-def patch_statistics(label, num_classes: int, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts, centroids and touching pairs of one label patch.
-
-    Args:
-        label: ``(H, W, D)`` (or ``(1, H, W, D)``) integer label map with values in ``0..num_classes - 1``.
-        num_classes: number of classes including background.
-        spacing: voxel size in mm (centroids are in mm from the patch's first voxel).
-
-    Returns:
-        ``(counts, centroids, touch)``: ``(C,)`` voxels per class, ``(C, 3)`` centroids (NaN for absent classes)
-        and ``(C, C)`` bool, ``touch[a, b]`` for ``a < b`` when classes a and b (both > 0) share a 6-neighbour face.
-    """
-    lab = np.asarray(label.as_tensor() if hasattr(label, "as_tensor") else label)
-    if lab.ndim == 4 and lab.shape[0] == 1:
-        lab = lab[0]
-    if lab.ndim != 3:
-        raise ValueError(f"patch_statistics: expected a (H, W, D) label, got shape {lab.shape}")
-    lab = lab.astype(np.int64, copy=False)
-    if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
-        raise ValueError(f"patch_statistics: label values must lie in 0..{num_classes - 1}")
-    counts = np.bincount(lab.ravel(), minlength=num_classes)
-    centroids = np.full((num_classes, 3), np.nan)
-    present = counts > 0
-    for axis, n in enumerate(lab.shape):
-        index = np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)])
-        per_slice = np.bincount((lab * n + index).ravel(), minlength=num_classes * n).reshape(num_classes, n)
-        centroids[present, axis] = per_slice[present] @ np.arange(n) / counts[present]
-    faces = np.zeros(num_classes * num_classes, dtype=np.int64)
-    for axis, n in enumerate(lab.shape):
-        if n < 2:
-            continue
-        a = lab[tuple(slice(0, n - 1) if k == axis else slice(None) for k in range(3))]
-        b = lab[tuple(slice(1, n) if k == axis else slice(None) for k in range(3))]
-        faces += np.bincount((a * num_classes + b).ravel(), minlength=num_classes**2)
-    faces = faces.reshape(num_classes, num_classes)
-    faces = np.triu(faces + faces.T, 1)  # a|b and b|a faces both count for the pair a < b
-    faces[0] = 0  # background is no organ
-    return counts, centroids * spacing, faces > 0
-
-
-# ---------------------------------------------------------------------------------------------- patch sets
-@dataclass
-class PatchSet:
-    """Per-patch statistics of a set of label patches.
-
-    Attributes:
-        counts: ``(N, C)`` voxels per class.
-        centroids: ``(N, C, 3)`` centroids in mm (NaN where absent).
-        touch: ``(N, C, C)`` touching pairs (upper triangle).
-        spacing: voxel size (mm).
-        group: ``(N,)`` subject index of each patch (reference patches) or zeros.
-    """
-
-    counts: np.ndarray
-    centroids: np.ndarray
-    touch: np.ndarray
-    spacing: float
-    group: np.ndarray
-
-    @classmethod
-    def from_patches(cls, items: Sequence[tuple], spacing: float, group: Sequence[int] | None = None) -> PatchSet:
-        """Stack :func:`patch_statistics` results."""
-        if not items:
-            raise ValueError("PatchSet: no patches")
-        counts, centroids, touch = (np.stack(parts) for parts in zip(*items, strict=True))
-        group = np.zeros(len(items), dtype=int) if group is None else np.asarray(group, dtype=int)
-        return cls(counts, centroids, touch, float(spacing), group)
-
-    def __len__(self) -> int:
-        return len(self.counts)
-
-    def subset(self, rows) -> PatchSet:
-        """The patches at ``rows`` (indices or a boolean mask)."""
-        return PatchSet(self.counts[rows], self.centroids[rows], self.touch[rows], self.spacing, self.group[rows])
-
-    @property
-    def present(self) -> np.ndarray:
-        """``(N, C - 1)`` bool: each organ (class 1..C-1) has voxels in the patch."""
-        return self.counts[:, 1:] > 0
-
-    def volumes_ml(self, cls_id: int) -> np.ndarray:
-        """Volumes (ml) of class ``cls_id`` in the patches that hold it."""
-        c = self.counts[:, cls_id]
-        return c[c > 0] * self.spacing**3 / 1000.0
-
-    def co_present(self, a: int, b: int) -> np.ndarray:
-        """Rows where classes ``a`` and ``b`` are both present."""
-        return (self.counts[:, a] > 0) & (self.counts[:, b] > 0)
-
-    def offsets_mm(self, a: int, b: int) -> np.ndarray:
-        """``(m, 3)`` centroid of ``b`` minus centroid of ``a`` in the patches holding both."""
-        rows = self.co_present(a, b)
-        return self.centroids[rows, b] - self.centroids[rows, a]
-
-    def touching(self, a: int, b: int) -> np.ndarray:
-        """Whether ``a`` and ``b`` (``a < b``) touch, in the patches holding both."""
-        return self.touch[self.co_present(a, b), a, b]
-
-    # label-agnostic views (class identity ignored)
-    def labels_per_patch(self) -> np.ndarray:
-        return self.present.sum(axis=1)
-
-    def label_volumes_ml(self) -> np.ndarray:
-        c = self.counts[:, 1:]
-        return c[c > 0] * self.spacing**3 / 1000.0
-
-    def foreground(self) -> np.ndarray:
-        return self.counts[:, 1:].sum(axis=1) / self.counts.sum(axis=1)
-
-    def touching_pair_fraction(self) -> np.ndarray:
-        """Per patch with >= 2 labels: touching pairs / co-present pairs."""
-        n = self.labels_per_patch()
-        pairs = n * (n - 1) / 2
-        touching = self.touch.reshape(len(self), -1).sum(axis=1)
-        keep = pairs > 0
-        return touching[keep] / pairs[keep]
-
-    def centroid_distances_mm(self) -> np.ndarray:
-        """Distances between the centroids of every co-present label pair, pooled over patches."""
-        out = []
-        for row in range(len(self)):
-            ids = np.nonzero(self.counts[row, 1:])[0] + 1
-            if len(ids) > 1:
-                c = self.centroids[row, ids]
-                d = np.linalg.norm(c[:, None] - c[None], axis=-1)
-                out.append(d[np.triu_indices(len(ids), 1)])
-        return np.concatenate(out) if out else np.zeros(0)
-
-
-# ---------------------------------------------------------------------------------------------- distances
-def _w1(x: np.ndarray, y: np.ndarray, min_samples: int) -> float | None:
-    if len(x) < min_samples or len(y) < min_samples:
-        return None
-    return float(wasserstein_distance(x, y))
-
-
-def _relative_w1(x: np.ndarray, y: np.ndarray, min_samples: int) -> float | None:
-    """W1 over the mean of the two sets' means: scale-free and symmetric (either side may be the reference)."""
-    d = _w1(x, y, min_samples)
-    scale = (x.mean() + y.mean()) / 2 if d is not None else 0.0
-    return None if d is None or scale <= 0 else d / float(scale)
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
-def compare(
-    test: PatchSet, ref: PatchSet, organs: Mapping[str, int] | Sequence[str], min_samples: int = 10, agnostic=False
-) -> dict:
-    """Distances of ``test`` to ``ref`` per statistic: ``{stat: {"summary": float | None, "items": {name: d}}}``.
-
-    Args:
-        test, ref: patch sets with the same class ids.
-        organs: the organs compared, ``{organ: class id}``, or names whose class ids are 1, 2, ...
-        min_samples: fewest values on each side for a distribution distance.
-        agnostic: compute only the label-agnostic statistics (for the primitive baseline).
-    """
-    ids = dict(organs) if isinstance(organs, Mapping) else {o: i for i, o in enumerate(organs, start=1)}
-    out: dict[str, dict] = {}
-    if not agnostic:
-        presence = np.abs(test.present.mean(axis=0) - ref.present.mean(axis=0))
-        out["presence"] = {"items": {o: float(presence[i - 1]) for o, i in ids.items()}}
-        out["volume"] = {
-            "items": {o: _relative_w1(test.volumes_ml(i), ref.volumes_ml(i), min_samples) for o, i in ids.items()}
-        }
-        offsets, contact = {}, {}
-        for (name_a, a), (name_b, b) in _pairs(ids):
-            t, r = test.offsets_mm(a, b), ref.offsets_mm(a, b)
-            if len(t) >= min_samples and len(r) >= min_samples:
-                name = f"{name_a}|{name_b}"
-                offsets[name] = float(np.mean([wasserstein_distance(t[:, k], r[:, k]) for k in range(3)]))
-                contact[name] = float(abs(test.touching(a, b).mean() - ref.touching(a, b).mean()))
-        out["centroid_offset"] = {"items": offsets}
-        out["contact"] = {"items": contact}
-    out["organs_per_patch"] = {"items": {"all": _w1(test.labels_per_patch(), ref.labels_per_patch(), 1)}}
-    out["label_volume"] = {"items": {"all": _relative_w1(test.label_volumes_ml(), ref.label_volumes_ml(), 1)}}
-    out["foreground"] = {"items": {"all": _w1(test.foreground(), ref.foreground(), 1)}}
-    out["touching_pairs"] = {"items": {"all": _w1(test.touching_pair_fraction(), ref.touching_pair_fraction(), 1)}}
-    out["centroid_distance"] = {"items": {"all": _w1(test.centroid_distances_mm(), ref.centroid_distances_mm(), 1)}}
-    for entry in out.values():
-        entry["summary"] = _mean(entry["items"].values())
-    return out
-
-
-def _pairs(ids: Mapping[str, int]):
-    """Organ pairs ``((name_a, id_a), (name_b, id_b))`` with ``id_a < id_b``."""
-    ordered = sorted(ids.items(), key=lambda item: item[1])
-    return ((x, y) for i, x in enumerate(ordered) for y in ordered[i + 1 :])
-
-
-def _common_support(fold: dict[str, dict]) -> None:
-    """Summarise every comparison of one fold over the organs / pairs defined in all of them (in place).
-
-    The held-out subject may lack organs (a field of view without lungs); without this, its mean would run over
-    fewer, different pairs than the synthetic one and the two numbers would not measure the same thing.
-    """
-    for stat in STATISTICS:
-        entries = [c[stat] for c in fold.values() if stat in c]
-        if not entries:
-            continue
-        common = set.intersection(*({k for k, v in e["items"].items() if v is not None} for e in entries))
-        for entry in entries:
-            entry["summary"] = _mean(entry["items"][name] for name in common)
-
-
-def _average_folds(folds: list[dict]) -> dict:
-    """Mean of each statistic's summary and items over folds (ignoring folds where it is undefined)."""
-    out = {}
-    for stat in folds[0]:
-        names = {name for f in folds for name in f[stat]["items"]}
-        items = {name: _mean(f[stat]["items"].get(name) for f in folds) for name in sorted(names)}
-        out[stat] = {"summary": _mean(f[stat]["summary"] for f in folds), "items": items}
-    return out
-
-
-def _shares(n: int, k: int) -> list[np.ndarray]:
-    """``k`` contiguous, near-equal shares of ``range(n)``."""
-    bounds = np.linspace(0, n, k + 1).round().astype(int)
-    return [np.arange(bounds[i], bounds[i + 1]) for i in range(k)]
-
-
-# ---------------------------------------------------------------------------------------------- reference patches
-@dataclass
-class _Subject:
-    name: str
-    organ_map: np.ndarray  # uint8/int16 bank class ids
-    centers_mm: np.ndarray  # (m, 3) centroids of the centre organs present
-    center_organs: list[str]
-
-
-def _organ_lut(class_ids: Mapping[int, str], organ_classes: Mapping[str, Sequence[str]], bank: ShapeBank, source):
-    """Lookup table class id of the reference -> bank class id (0 for classes outside the compared organs)."""
-    name_to_id = {name: i for i, name in class_ids.items()}
-    lut = np.zeros(max(class_ids) + 1, dtype=np.int16)
-    for organ, parts in organ_classes.items():
-        missing = [p for p in parts if p not in name_to_id]
-        if missing:
-            raise ValueError(
-                f"{source}: organ {organ!r} is made of classes {missing} that it does not name; pass organ_classes "
-                f"{{organ: [class names]}} for this class map, or leave the organ out with organs=..."
-            )
-        lut[[name_to_id[p] for p in parts]] = bank.class_id(organ)
-    return lut
-
-
-def _load_subject(name, path, lut, class_ids, organs, bank: ShapeBank, reader) -> _Subject:
-    labels, _ = read_label_map(path, spacing=bank.spacing, reader=reader)
-    unknown = sorted(set(np.unique(labels).tolist()) - set(class_ids) - {0})
-    if unknown:
-        raise ValueError(f"label map {path}: ids {unknown[:20]} are not in the class map")
-    organ_map = lut[labels].astype(np.uint8 if bank.num_classes <= 256 else np.int16)
-    del labels
-    centers, names = [], []
-    boxes = ndimage.find_objects(organ_map, max_label=bank.num_classes - 1)
-    for organ in organs:
-        k = bank.class_id(organ)
-        box = boxes[k - 1]
-        if box is None:
-            continue
-        points = np.argwhere(organ_map[box] == k)
-        if len(points) < CENTER_MIN_VOXELS:
-            continue
-        centers.append((points.mean(axis=0) + [b.start for b in box]) * bank.spacing)
-        names.append(organ)
-    if not centers:
-        raise ValueError(f"label map {path}: none of the organs {list(organs)} has {CENTER_MIN_VOXELS} voxels")
-    return _Subject(str(name), organ_map, np.asarray(centers), names)
-
-
-def _window(shape: Sequence[int], center_mm: np.ndarray, size: Sequence[int], spacing: float, outside: str = "shift"):
-    """Start index of a window centred at ``center_mm`` and its shift (voxels) from the drawn position.
-
-    ``outside="shift"`` moves the window inside the grid along every axis at least as long as the patch (along a
-    shorter axis it covers the axis whole); ``"pad"`` keeps it where it was drawn.
-    """
-    wanted = np.rint(np.asarray(center_mm) / spacing - (np.asarray(size) - 1) / 2).astype(int)
-    if outside == "pad":
-        return wanted, np.zeros(3, dtype=int)
-    shape, size = np.asarray(shape), np.asarray(size)
-    low = np.minimum(0, shape - size)  # an axis shorter than the patch: the window covers it whole
-    high = np.maximum(0, shape - size)
-    start = np.clip(wanted, low, high)
-    return start, start - wanted
-
-
-def _cut(organ_map: np.ndarray, start: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, float]:
-    """The window at ``start`` (background outside the grid) and the fraction of it outside the grid."""
-    out = np.zeros(size, dtype=organ_map.dtype)
-    src, dst = [], []
-    for s, n, dim in zip(start, size, organ_map.shape, strict=True):
-        lo, hi = max(s, 0), min(s + n, dim)
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[tuple(dst)] = organ_map[tuple(src)]
-    inside = np.prod([sl.stop - sl.start for sl in src])
-    return out, 1.0 - inside / float(np.prod(size))
-
-
-class _ReferenceWindows(Dataset):
-    """Item ``j``: statistics of the ``j``-th pre-drawn window."""
-
-    def __init__(self, subjects: list[_Subject], windows: list[tuple[int, np.ndarray]], size, num_classes, spacing):
-        self.subjects, self.windows = subjects, windows
-        self.size, self.num_classes, self.spacing = size, num_classes, spacing
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, j: int):
-        subject, start = self.windows[j]
-        patch, outside = _cut(self.subjects[subject].organ_map, start, self.size)
-        return patch_statistics(patch, self.num_classes, self.spacing), outside
-
-
-def reference_patches(
-    reference: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
-    class_map: Mapping | str | os.PathLike,
-    bank: ShapeBank,
-    n: int = 200,
-    seed: int = 0,
-    patch_size: Sequence[int] | int = 96,
-    organs: Sequence[str] | None = None,
-    organ_classes: Mapping[str, Sequence[str]] | None = None,
-    workers: int = 0,
-    progress: bool = False,
-    reader: str | None = None,
-    outside: str = "shift",
-) -> tuple[PatchSet, dict]:
-    """Cut ``n`` patches per reference label map, mapped to the bank's class ids, and measure them.
-
-    Args:
-        reference: ``{subject: path}`` or a list of label-map files (subject ids as in ``ShapeBank.build``).
-        class_map: ``{id: name}`` or its JSON file, naming the reference's ids.
-        bank: the bank whose organs, class ids and spacing the patches follow.
-        n: patches per subject.
-        seed: base seed of the centre draws.
-        patch_size: patch size in voxels.
-        organs: organs compared (default: the bank's); other classes become background.
-        organ_classes: ``{organ: [class names]}`` merged into each organ (default: the bank's own rules).
-        workers: DataLoader worker processes.
-        progress: show a progress bar.
-        reader: MONAI reader name to force.
-        outside: a window reaching outside the grid is ``"shift"``-ed inside it (default: every voxel of a real
-            patch is observed) or ``"pad"``-ded with background where it was drawn (outside counts as empty).
-
-    Returns:
-        ``(patches, info)``: the :class:`PatchSet` (``group`` = subject index) and ``info``: subjects, files, centre
-        organs per subject, fraction of windows shifted into the field of view (overall and per axis) and their mean
-        shift in mm, mean fraction of a patch outside the grid, and ``windows`` (``[subject index, x, y, z]`` start
-        voxel of each patch).
-    """
-    owner = "realism"
-    outside = check_choice(outside, "outside", ("shift", "pad"), owner)
-    size = as_size3(patch_size, owner=owner)
-    n = check_positive_int(n, "n_real", owner)
-    files = dict(reference) if isinstance(reference, Mapping) else _subject_ids(list(reference))
-    if not files:
-        raise ValueError(f"{owner}: no reference label maps given")
-    organs = bank.check_organs(organs) if organs is not None else list(bank.organs)
-    rules = organ_classes if organ_classes is not None else bank.source.get("organs") or {o: [o] for o in organs}
-    missing = [o for o in organs if o not in rules]
-    if missing:
-        raise ValueError(f"{owner}: organ_classes names no classes for organs {missing}")
-    class_ids = read_class_map(class_map)
-    source = f"class map {class_map}" if not isinstance(class_map, Mapping) else "class map"
-    lut = _organ_lut(class_ids, {o: rules[o] for o in organs}, bank, source)
-    extent = np.asarray(size) * bank.spacing
-    subjects, windows, shifts = [], [], []
-    for k, (name, path) in enumerate(files.items()):
-        subject = _load_subject(name, path, lut, class_ids, organs, bank, reader)
-        subjects.append(subject)
-        rng = np.random.RandomState(np.random.SeedSequence([int(seed), _REAL_STREAM, k]).generate_state(1)[0])
-        for _ in range(n):
-            center = draw_patch_center(rng, subject.centers_mm, extent)
-            start, shift = _window(subject.organ_map.shape, center, size, bank.spacing, outside)
-            windows.append((k, start))
-            shifts.append(np.abs(shift) * bank.spacing)
-    loader = _loader(
-        _ReferenceWindows(subjects, windows, size, bank.num_classes, bank.spacing), workers, progress, "real patches"
-    )
-    results = list(loader)
-    patches = PatchSet.from_patches([r[0] for r in results], bank.spacing, [w[0] for w in windows])
-    shifts = np.asarray(shifts)
-    moved = shifts.max(axis=1) > 0
-    info = {
-        "subjects": [s.name for s in subjects],
-        "files": {str(k): str(v) for k, v in files.items()},
-        "patches_per_subject": n,
-        "center_organs": {s.name: s.center_organs for s in subjects},
-        "outside": outside,
-        "shifted_into_fov_fraction": round(float(moved.mean()), 4),
-        "shifted_into_fov_fraction_per_axis": (shifts > 0).mean(axis=0).round(4).tolist(),
-        "mean_shift_mm": round(float(np.linalg.norm(shifts[moved], axis=1).mean()), 2) if moved.any() else 0.0,
-        "outside_fov_fraction": round(float(np.mean([r[1] for r in results])), 4),
-        "windows": [[k, *(int(v) for v in start)] for k, start in windows],
-    }
-    return patches, info
-
-
-# ---------------------------------------------------------------------------------------------- synthetic patches
-class _SyntheticStats(Dataset):
-    """Item ``j``: statistics of the label ``maker`` makes when seeded from ``(seed, 0, indices[j])`` (as
-    ``validate`` seeds patch ``indices[j]``)."""
-
-    def __init__(self, maker, seed: int, indices: Sequence[int], num_classes: int, spacing: float):
-        self.maker, self.seed, self.indices = maker, int(seed), [int(i) for i in indices]
-        self.num_classes, self.spacing = num_classes, spacing
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, j: int):
-        self.maker.set_random_state(seed=sample_seed(self.seed, 0, self.indices[j]))
-        return patch_statistics(self.maker(), self.num_classes, self.spacing)
-
-
-def _keep(item):
-    return item
-
-
-def _loader(dataset: Dataset, workers: int, progress: bool, what: str):
-    loader = DataLoader(dataset, batch_size=None, num_workers=int(workers), collate_fn=_keep)
-    if progress:
-        from tqdm import tqdm
-
-        return tqdm(loader, total=len(dataset), desc=what, unit="patch")
-    return loader
-
-
-def synthetic_patches(maker, indices, seed: int, num_classes: int, spacing: float, workers=0, progress=False):
-    """Statistics of patches ``indices`` (an int ``n``: ``range(n)``) of a label transform (``RandAnatomyLabel``
-    or ``RandPrimitiveLabel``), patch ``i`` seeded from ``sample_seed(seed, 0, i)``."""
-    indices = range(indices) if isinstance(indices, (int, np.integer)) else indices
-    dataset = _SyntheticStats(maker, seed, indices, num_classes, spacing)
-    return PatchSet.from_patches(list(_loader(dataset, workers, progress, type(maker).__name__)), spacing)
-
-
-def _holdout_bank(bank: ShapeBank, files: Mapping, class_map, organ_classes, reader, held_out: str) -> ShapeBank:
-    """The bank rebuilt from ``files`` (the other subjects) with ``bank``'s organs, rules and build settings."""
-    rules = organ_classes if organ_classes is not None else bank.source.get("organs") or {o: [o] for o in bank.organs}
-    missing = [o for o in bank.organs if o not in rules]
-    if missing:
-        raise ValueError(f"realism: holdout banks need the classes of every organ of the bank; none for {missing}")
-    settings = {k: bank.source[k] for k in _BUILD_SETTINGS if k in bank.source}
-    if "mirror_pairs" in settings:
-        settings["mirror_pairs"] = [tuple(p) for p in settings["mirror_pairs"]]
-    organs = {o: list(rules[o]) for o in bank.organs}
-    try:
-        return ShapeBank.build(dict(files), class_map, organs=organs, spacing=bank.spacing, reader=reader, **settings)
-    except ValueError as e:
-        raise ValueError(f"realism: the bank without subject {held_out!r} cannot be built: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -677,6 +171,12 @@ def realism_report(
     }
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _shares(n: int, k: int) -> list[np.ndarray]:
+    """``k`` contiguous, near-equal shares of ``range(n)``."""
+    bounds = np.linspace(0, n, k + 1).round().astype(int)
+    return [np.arange(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
 _COLUMNS = ("loso", "synthetic", "synthetic_holdout", "synthetic_all", "primitives", "primitives_all")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from synth_transforms import RandAnatomySynthd, ShapeBank, SyntheticDataset, TopologyGraph, cli, load_bank
 from synth_transforms.generate import generate_dataset
+from synth_transforms.realism import STATISTICS, format_realism
 
 CLASS_MAP = {"1": "box", "2": "ball", "5": "rod"}
 SMALL = 32  # patch edge of the in-process generate tests
@@ -272,6 +273,26 @@ _BAD_ARGUMENTS = {
         "bank build: spacing must be a number > 0, got 0",
     ),
     "graph suffix": ("graph --out {dir}/g.svg", "graph: out must be a .json or .png file name"),
+    "reference without class map": (
+        "validate --reference {file} --json {dir}/r.json",
+        "validate: class_map must be a JSON {id: name} file naming the --reference ids, got None",
+    ),
+    "reference outside": (
+        "validate --reference {file} --class_map {file} --outside cut --json {dir}/r.json",
+        "validate: outside must be one of 'shift', 'pad', got 'cut'",
+    ),
+    "reference n_real": (
+        "validate --reference {file} --class_map {file} --n_real 0",
+        "validate: n_real must be an integer >= 1, got 0",
+    ),
+    "reference holdout": (
+        "validate --reference {file} --class_map {file} --holdout_banks false",
+        "validate: holdout_banks must be True or False",
+    ),
+    "realism option without reference": (
+        "validate --n 2 --class_map {file} --json {dir}/r.json",
+        "validate: reference must be label maps when class_map is given, got None",
+    ),
 }
 
 
@@ -449,3 +470,27 @@ def test_bad_bank_option_is_one_line_exit_2_before_any_work(options, message, tm
     assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
     assert message.replace("{dir}", str(tmp_path)) in err
     assert not (tmp_path / "b.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------- validate --reference
+def test_validate_reference_prints_the_realism_table_and_writes_json(tmp_path, capsys):
+    bank, _, class_map = syn.build_bank(tmp_path / "maps")  # two subjects, syn1 and syn2, in folders of their own
+    bank.save(tmp_path / "bank.npz")
+    out = tmp_path / "realism.json"
+    argv = ["validate", "--reference", f"{tmp_path}/maps/*/labels.nii.gz", "--class_map", str(class_map)]
+    options = "--n 8 --n_real 4 --patch_size 16 --seed 3 --outside pad --workers 0 --progress False"
+    cli.main([*argv, "--bank", str(tmp_path / "bank.npz"), *options.split(), "--json", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    settings = {"n": 8, "n_real": 4, "seed": 3, "patch_size": [16] * 3, "outside": "pad", "primitives": True}
+    assert {k: report["settings"][k] for k in settings} == settings and not report["settings"]["holdout_banks"]
+    assert report["settings"]["organs"] == bank.organs and report["reference"]["subjects"] == ["syn1", "syn2"]
+    assert report["sets"]["real"]["patches"] == 8 and report["sets"]["primitives"]["patches"] == 8
+    assert list(report["statistics"]) == list(STATISTICS)
+    foreground = report["statistics"]["foreground"]  # label-agnostic: measured for every set, LOSO with 2 subjects
+    assert all(foreground[c] is not None for c in ("loso", "synthetic", "synthetic_all", "primitives"))
+    assert foreground["synthetic_holdout"] is None  # --holdout_banks not asked for
+    header = next(line for line in printed.splitlines() if line.lstrip().startswith("statistic"))
+    assert "real LOSO" in header and "primitive" in header
+    assert "  organ presence rate " in printed and "  foreground fraction of the patch " in printed
+    assert printed == f"{format_realism(report)}\nreport: {out}\n"  # the table of the report written, then its path
