@@ -10,7 +10,7 @@ Commands:
 - ``generate --out <dir> --n <N> [--seed 0] [--mode shell] [--patch_size 96] [--primitives False] [--bank ...]
   [--workers auto]``: N NIfTI pairs plus a Decathlon ``dataset.json``; resumable, byte-identical on resume;
 - ``graph [--bank ...] [--topology graph.json] [--out graph.json | graph.png]``: show, save or draw the topology;
-- ``validate [--n 1000] [--seed 0] [--patch_size 96] [--json report.json] [--bank ...] [--workers auto]``: the
+- ``validate [--n 1000] [--seed 0] [--patch_size 96] [--json report.json] [--bank ...] [--max_skip_rate 0.05]``: the
   plausibility report of :mod:`synth_transforms.validation` (exit status 1 when a check fails); with
   ``--reference <label maps> --class_map <json> [--n_real 200] [--organ_classes <json>] [--outside shift|pad]
   [--holdout_banks False] [--primitives True]`` instead the realism report of :mod:`synth_transforms.realism`
@@ -196,6 +196,7 @@ def validate(
     organs=None,
     topology=None,
     progress: bool = True,
+    max_skip_rate=0.05,
     reference=None,
     class_map=None,
     n_real: int = 200,
@@ -216,6 +217,8 @@ def validate(
         organs: comma or JSON list of organs to place (default: all).
         topology: topology JSON to place under (default: derived from the bank).
         progress: show a progress bar.
+        max_skip_rate: fail when an organ is skipped in more than this fraction of the patches that reach it
+            (None: report skip rates without failing).
         reference: real label maps (a glob, a folder, a comma or JSON list, as bank build's --label_maps): print the
             realism report (synth_transforms.realism) of the n patches against patches cut from these instead.
         class_map: with --reference: JSON file {"id": "class name"} naming the reference's ids.
@@ -236,6 +239,8 @@ def validate(
     size = as_size3(patch_size, "patch_size", owner)
     workers = _auto_workers(workers, n, owner)
     progress = check_bool(progress, "progress", owner)
+    if max_skip_rate is not None:
+        max_skip_rate = check_fraction(max_skip_rate, "max_skip_rate", owner)
     realism = {
         "class_map": class_map,
         "n_real": n_real,
@@ -260,7 +265,7 @@ def validate(
         kwargs["topology"] = str(topology)
     from .validation import plausibility_report  # imported once the arguments are known to be good
 
-    report = plausibility_report(_bank(bank), n, seed, size, workers, progress, **kwargs)
+    report = plausibility_report(_bank(bank), n, seed, size, workers, progress, max_skip_rate, **kwargs)
     if json_path is not None:
         write_json_atomic(json_path, report)
     return report

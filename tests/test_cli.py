@@ -289,6 +289,10 @@ _BAD_ARGUMENTS = {
         "validate --reference {file} --class_map {file} --holdout_banks false",
         "validate: holdout_banks must be True or False",
     ),
+    "skip rate above one": (
+        "validate --n 2 --max_skip_rate 1.5 --json {dir}/r.json",
+        "validate: max_skip_rate must be a number in [0, 1], got 1.5",
+    ),
     "realism option without reference": (
         "validate --n 2 --class_map {file} --json {dir}/r.json",
         "validate: reference must be label maps when class_map is given, got None",
