@@ -52,6 +52,10 @@ class SyntheticEpochHandler:
     The DataLoader's iterator, and with it the worker processes that copy the dataset, is created after
     ``EPOCH_STARTED`` fires, so workers see the new epoch too (keep ``persistent_workers=False``, the default).
 
+    The epoch comes from the trainer's state, so a run resumed from an epoch-end checkpoint (which restores that
+    state, see :mod:`synth_transforms.training_control`) sees the samples the uninterrupted run would have seen. A
+    run resumed mid-epoch restarts the DataLoader: its remaining iterations see the epoch's first samples (logged).
+
     Args:
         dataset: an object with ``set_epoch(int)``, usually a :class:`~synth_transforms.SyntheticDataset`.
     """
@@ -66,6 +70,12 @@ class SyntheticEpochHandler:
 
     def __call__(self, engine: Engine) -> None:
         self.dataset.set_epoch(engine.state.epoch - 1)
+        done = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
+        if done:
+            logger.warning(
+                f"SyntheticEpochHandler: resuming mid-epoch (epoch {engine.state.epoch}, {done} of "
+                f"{engine.state.epoch_length} iterations done): the rest of the epoch sees its first samples again"
+            )
 
 
 class WeightExportHandler:

@@ -17,13 +17,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 from _bundle_utils import check_bundle_metadata, run_command
+from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import download_large_files as monai_download_large_files
 from monai.networks.nets import SwinUNETR, UNet
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from synth_transforms.checks import CheckLabelClasses, CheckLabelClassesd
 from synth_transforms.datalists import load_decathlon_split, select_cases
+from synth_transforms.export import export_encoder
 from synth_transforms.pretrained import load_pretrained
 
 BUNDLE = _bundles.FINETUNE
@@ -121,6 +125,13 @@ def test_train_workflow_loads_pretrained_and_saves(trained):
         c["image"].lstrip("./") for c in json.loads(trained["datalist"].read_text())["training"]
     ]
     assert list((trained["root"] / "runs").glob("events.out.tfevents.*"))
+    summary = json.loads((trained["root"] / "runs" / "train_summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["stopped_by"] == "iterations"
+    (line,) = [json.loads(x) for x in (trained["root"] / "runs" / "validation_curve.jsonl").read_text().splitlines()]
+    assert line["iteration"] == 1 and line["val_mean_dice"] == pytest.approx(
+        trained["metrics"]["val_mean_dice"], abs=1e-6
+    )
+    assert set(line["per_class"]) == {"1", "2"}  # anterior, posterior
 
 
 def test_evaluate_workflow_writes_per_class_metrics(trained, hippocampus_dir):
@@ -225,7 +236,9 @@ def test_ckpt_export_trace_matches_eager(trained, tmp_path):
     assert result.returncode == 0, result.stdout[-4000:]
     extra = {"metadata.json": ""}
     scripted = torch.jit.load(str(ts_path), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == "0.1.0"
+    assert (
+        json.loads(extra["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    )
     eager = _swin(out_channels=3)
     eager.load_state_dict(torch.load(ckpt, weights_only=True))
     eager.eval()
@@ -240,7 +253,7 @@ def test_ckpt_export_trace_matches_eager(trained, tmp_path):
 def test_metadata_follows_bundle_spec():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert check_bundle_metadata(meta) == []
-    assert meta["version"] == "0.1.0"
+    assert list(meta["changelog"])[0] == meta["version"] == "0.1.1", "newest changelog entry first"
     assert "synth-transforms" in meta["required_packages_version"]
     # MONAI's own parser keeps the declared requirements (no deprecated key overwriting them)
     parser = ConfigParser()
@@ -268,6 +281,81 @@ def test_presets_are_valid_swinunetr_settings(preset, classes):
     parser.read_config([TRAIN, str(CONFIGS / preset)])
     parser.update({"device": "cpu", "feature_size": 12})
     assert parser.get_parsed_content("network_def").out.conv.conv.out_channels == classes
+
+
+def test_fs12_preset_points_at_the_pretrain_bundle_encoder(tmp_path):
+    content = json.loads((CONFIGS / "cpu_fs12.json").read_text())
+    assert all("#" not in key for key in content), "top-level keys only, so it fits after any preset"
+    assert content["feature_size"] == 12 and content["amp"] is False and content["transfer"] == "encoder"
+    assert all(s % 32 == 0 for s in content["patch_size"]) and content["patch_size"] == [32, 64, 32]
+    parser = ConfigParser()
+    parser.read_config([TRAIN, str(CONFIGS / "msd_hippocampus.json"), str(CONFIGS / "cpu_fs12.json")])
+    parser.update({"bundle_root": str(BUNDLE), "device": "cpu"})
+    pretrained = Path(parser.get_parsed_content("pretrained")).resolve()
+    assert pretrained == BUNDLE.parent / "anatomy_pretrain" / "models" / "model_swinvit.pt"
+    network = parser.get_parsed_content("network_def")
+    assert network.out.conv.conv.out_channels == 3 and network.swinViT.patch_embed.proj.weight.shape[0] == 12
+
+
+def test_download_large_files_fetches_nothing_and_says_why(tmp_path):
+    """MONAI's fetch command on this bundle (no weights of its own) ends without error and fetches nothing; the
+    list's comment sends the user to the anatomy_pretrain bundle."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    text = (BUNDLE / "large_files.yml").read_text()
+    (bundle / "large_files.yml").write_text(text)
+    monai_download_large_files(bundle_path=str(bundle))  # what `python -m monai.bundle download_large_files` runs
+    assert sorted(p.name for p in bundle.iterdir()) == ["large_files.yml"]
+    assert yaml.safe_load(text) == {"large_files": []}
+    assert "ships no weights" in text and "--bundle_path bundles/anatomy_pretrain" in text
+
+
+def test_fs12_preset_loads_the_encoder_and_a_killed_run_resumes(tmp_path, hippocampus_dir):
+    """The feature_size 12 preset takes the pre-training bundle's exported encoder by default; a run killed in its
+    second epoch leaves no final weights, and resuming restores network, optimiser and iteration."""
+    torch.manual_seed(0)
+    source = _swin(out_channels=22)  # as pre-trained: 22 synthetic classes
+    export_encoder(source, tmp_path / "bundles" / "anatomy_pretrain" / "models" / "model_swinvit.pt")
+    root = tmp_path / "bundles" / "swin_unetr_finetune"
+    root.mkdir()  # the default path goes through it: <bundle_root>/../anatomy_pretrain/models/model_swinvit.pt
+    overrides = {
+        "dataset_dir": str(hippocampus_dir), "datalist": str(_tiny_datalist(tmp_path / "d.json", hippocampus_dir)),
+        "device": "cpu", "num_workers": 0, "cache_rate": 0.0, "batch_size": 1, "num_samples": 1,
+        "max_epochs": 2, "epoch_length": 1, "val_interval": 1,
+    }  # fmt: skip
+    configs = ["train.json", "msd_hippocampus.json", "cpu_fs12.json"]
+
+    workflow = _bundles.bundle_workflow(BUNDLE, configs, root, **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    network = workflow.trainer.network
+    for name, tensor in source.swinViT.state_dict().items():
+        assert torch.equal(network.swinViT.state_dict()[name], tensor), name
+
+    def kill(engine):
+        raise RuntimeError("killed")
+
+    workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=2), kill)
+    with pytest.raises(Exception) as info:
+        workflow.run()
+    assert any("killed" in str(e) for e in _causes(info.value))
+    assert not (root / "models" / "model_final.pt").exists(), "a failed run must not leave final weights"
+    assert not (root / "runs" / "train_summary.json").exists()
+    assert sorted(p.name for p in (root / "runs" / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt"]
+
+    workflow = _bundles.bundle_workflow(BUNDLE, configs, root, resume=True, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert workflow.trainer.state.iteration == 2 and workflow.trainer.state.epoch == 2
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    assert all(int(state["step"]) == 2 for state in optimizer.state.values()), "the optimiser state was restored"
+    summary = json.loads((root / "runs" / "train_summary.json").read_text())
+    assert summary["start_iteration"] == 1 and summary["iterations"] == 2 and summary["stopped_by"] == "iterations"
+    final = torch.load(root / "models" / "model_final.pt", weights_only=True)
+    assert all(torch.equal(final[k], v.cpu()) for k, v in workflow.trainer.network.state_dict().items())
+    curve = [json.loads(x) for x in (root / "runs" / "validation_curve.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in curve] == [1, 2]
 
 
 # ------------------------------------------------------------------------------------------- pretrained loading

@@ -1,5 +1,6 @@
 """The anatomy_pretrain bundle: layout, metadata against the bundle specification, workflow properties, a tiny CPU
-training run with weight export, the epoch handler, DDP sampling, and a two-process gloo run under torchrun."""
+training run with weight export, a killed run resumed to the same weights, a deadline stop from the CLI (fill
+overlay), the epoch handler, DDP sampling, and a two-process gloo run under torchrun."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 from _bundle_utils import check_bundle_metadata
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import DataLoader
 from monai.networks.nets import SwinUNETR
@@ -41,8 +42,10 @@ def make_workflow(bundle_root: Path, *extra: str, **override) -> ConfigWorkflow:
 def test_bundle_has_the_specified_files():
     for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/logging.conf"):
         assert (BUNDLE / name).is_file(), f"missing {name}"
-    for name in ("train.json", "primitives.json", "multi_gpu_train.json", "metadata.json", SMOKE):
+    for name in ("train.json", "primitives.json", "fill.json", "multi_gpu_train.json", "metadata.json", SMOKE):
         json.loads((CONFIGS / name).read_text())
+    # the fill overlay changes the rendering and nothing else
+    assert json.loads((CONFIGS / "fill.json").read_text()) == {"synth_mode": "fill"}
     # the smoke overlay only sets top-level values, so it fits after any of the other configs
     assert all("#" not in key and not isinstance(v, dict) for key, v in _bundles.cpu_smoke(BUNDLE).items())
     # No weights are released yet: the list must not point at files that do not exist.
@@ -115,16 +118,54 @@ def test_epoch_plan_rounds_up_to_whole_epochs(tmp_path):
     assert parser.get_parsed_content("epoch_length") == 2 and parser.get_parsed_content("max_epochs") == 1
 
 
-def test_tiny_training_run_exports_encoder_and_network(tmp_path):
-    workflow = make_workflow(tmp_path, SMOKE)
+def test_pool_size_and_fill_overlay_reach_the_dataset(tmp_path):
+    parser = make_workflow(tmp_path, SMOKE).parser
+    assert parser.get_parsed_content("train#dataset").pool_size is None
+    assert parser.get_parsed_content("synth").renderer.mode == "shell"
+    parser = make_workflow(tmp_path, "fill.json", SMOKE, pool_size=3).parser
+    assert parser.get_parsed_content("train#dataset").pool_size == 3
+    assert parser.get_parsed_content("synth").renderer.mode == "fill"
+    assert parser.get_parsed_content("validate#dataset").pool_size is None, "the validation set stays fixed"
+
+
+# Two epochs of one iteration each: the resume test kills a run in epoch 2 and resumes it from the epoch-1 checkpoint.
+TWO_EPOCHS = {"num_iterations": 2, "iterations_per_epoch": 1}
+
+
+def _run(workflow: ConfigWorkflow, fail_at: int | None = None) -> ConfigWorkflow:
     workflow.initialize()
     assert workflow.check_properties() == []
-    workflow.run()
-    workflow.finalize()
-    parser = workflow.parser
+    if fail_at is not None:
 
+        def kill(engine):
+            raise RuntimeError("killed")
+
+        workflow.parser.get_parsed_content("train#trainer").add_event_handler(
+            Events.ITERATION_COMPLETED(once=fail_at), kill
+        )
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+    return workflow
+
+
+def _curve(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "runs" / "validation_curve.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A tiny CPU training run of two one-iteration epochs, with validation after each."""
+    root = tmp_path_factory.mktemp("pretrain")
+    workflow = _run(make_workflow(root, SMOKE, **TWO_EPOCHS))
+    return root, workflow.parser
+
+
+def test_tiny_training_run_exports_encoder_and_network(uninterrupted):
+    tmp_path, parser = uninterrupted
     trainer = parser.get_parsed_content("train#trainer")
-    assert trainer.state.iteration == 2 and trainer.state.epoch == 1
+    assert trainer.state.iteration == 2 and trainer.state.epoch == 2
     val_dice = parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"]
     assert 0.0 <= val_dice <= 1.0
 
@@ -143,9 +184,66 @@ def test_tiny_training_run_exports_encoder_and_network(tmp_path):
     for name, value in network.swinViT.state_dict().items():
         assert torch.equal(other.swinViT.state_dict()[name], value), name
 
-    checkpoint = torch.load(tmp_path / "runs" / "checkpoints" / "checkpoint_final.pt", weights_only=True)
-    assert {"network", "optimizer", "lr_scheduler"} <= checkpoint.keys()
+    checkpoints = tmp_path / "runs" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_final.pt"]
+    checkpoint = torch.load(checkpoints / "checkpoint_final.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "trainer"} <= checkpoint.keys()
+    assert checkpoint["trainer"]["iteration"] == 2
     assert list((tmp_path / "runs").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+    summary = json.loads((tmp_path / "runs" / "train_summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["epochs"] == 2 and summary["stopped_by"] == "iterations"
+    assert summary["start_iteration"] == 0 and summary["seconds"] > 0
+    curve = _curve(tmp_path)
+    assert [(line["iteration"], line["epoch"]) for line in curve] == [(1, 1), (2, 2)]
+    assert curve[-1]["val_mean_dice"] == pytest.approx(val_dice, abs=1e-6)
+    per_class = curve[-1]["per_class"]  # the organs of the validation sample, by class id (background excluded)
+    assert per_class and set(per_class) <= {str(i) for i in range(1, 22)}
+    present = list(per_class.values())
+    assert all(0.0 <= v <= 1.0 for v in present)
+    assert curve[-1]["val_mean_dice"] == pytest.approx(sum(present) / len(present), abs=1e-5)
+
+
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(uninterrupted, tmp_path):
+    straight, _ = uninterrupted
+    with pytest.raises(Exception) as info:
+        _run(make_workflow(tmp_path, SMOKE, **TWO_EPOCHS), fail_at=2)  # dies in epoch 2, after its optimiser step
+    assert "killed" in str(info.value) + str(info.value.__cause__)
+    # a failed run leaves nothing that looks finished: no final checkpoint, no weights, no summary
+    assert sorted(p.name for p in (tmp_path / "runs" / "checkpoints").iterdir()) == ["checkpoint_epoch=1.pt"]
+    assert not (tmp_path / "models").exists() and not (tmp_path / "runs" / "train_summary.json").exists()
+
+    workflow = _run(make_workflow(tmp_path, SMOKE, resume=True, **TWO_EPOCHS))
+    assert workflow.parser.get_parsed_content("resume_from").endswith("checkpoint_epoch=1.pt")
+    summary = json.loads((tmp_path / "runs" / "train_summary.json").read_text())
+    assert summary["start_iteration"] == 1 and summary["iterations"] == 2 and summary["stopped_by"] == "iterations"
+    # network, optimiser, schedule, iteration and the synthetic epoch restored: bit for bit the same weights
+    for name in ("model.pt", "model_swinvit.pt"):
+        resumed = torch.load(tmp_path / "models" / name, weights_only=True)
+        reference = torch.load(straight / "models" / name, weights_only=True)
+        resumed, reference = resumed.get("state_dict", resumed), reference.get("state_dict", reference)
+        assert resumed.keys() == reference.keys()
+        assert all(torch.equal(resumed[k], reference[k]) for k in reference), name
+    assert _curve(tmp_path) == _curve(straight)
+    assert sorted(p.name for p in (tmp_path / "runs" / "checkpoints").iterdir()) == [
+        "checkpoint_epoch=2.pt",
+        "checkpoint_final.pt",
+    ]
+
+
+def test_cli_fill_overlay_stops_at_the_deadline_and_exports(tmp_path):
+    """The fill overlay from the bundle CLI, with a budget that ends training after its first iteration."""
+    overrides = {"num_iterations": 2, "max_train_seconds": 0.001}
+    command = _bundles.bundle_command(BUNDLE, ["train.json", "fill.json", SMOKE], tmp_path, overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = json.loads((tmp_path / "runs" / "train_summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["epochs"] == 1 and summary["stopped_by"] == "deadline"
+    assert {p.name for p in (tmp_path / "models").iterdir()} == {"model.pt", "model_swinvit.pt"}
+    # stopped mid-epoch: a final checkpoint, no epoch checkpoint, no validation round
+    assert sorted(p.name for p in (tmp_path / "runs" / "checkpoints").iterdir()) == ["checkpoint_final.pt"]
+    assert not (tmp_path / "runs" / "validation_curve.jsonl").exists()
 
 
 def test_multi_gpu_config_gives_each_rank_disjoint_samples(tmp_path):
@@ -235,7 +333,7 @@ def test_every_filters_events():
 def test_torchrun_two_process_gloo_run(tmp_path):
     # the smoke overlay before multi_gpu_train.json, which picks cuda:LOCAL_RANK or, without CUDA, the CPU with gloo
     configs = ["train.json", SMOKE, "multi_gpu_train.json"]
-    overrides = {"num_iterations": 1, "num_val_samples": 2}
+    overrides = {"num_iterations": 1, "num_val_samples": 2, "max_train_seconds": 3600}  # the budget syncs the ranks
     command = _bundles.bundle_command(BUNDLE, configs, tmp_path, overrides, nproc=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
@@ -247,3 +345,5 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     assert not any(name.startswith("module.") for name in state), "the export must unwrap DistributedDataParallel"
     assert state["out.conv.conv.weight"].shape[0] == 22
     assert np.isfinite([float(v.float().sum()) for v in state.values()]).all()
+    summary = json.loads((tmp_path / "runs" / "train_summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["stopped_by"] == "iterations"
