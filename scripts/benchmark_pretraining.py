@@ -5,10 +5,13 @@ For each variant the real bundle (``configs/train.json``, plus ``configs/primiti
 in one epoch; a timing handler on the trainer (ignite events) skips the warm-up and reports iterations/s, samples/s,
 the fraction of wall time spent waiting for the DataLoader, the median step time and the peak GPU memory.
 
-- ``fp32``: ``amp=False``; ``fp16``: AMP float16; ``bf16``: AMP bfloat16; ``bf16_compile``: bf16 + ``compile=True``
-  (``fp32_compile``, not run by default, is the one compile variant a CPU can run). AMP variants need CUDA (MONAI's
-  trainer autocasts with ``"cuda"``) and are recorded as skipped on a CPU; a variant that raises (a ``torch.compile``
-  failure, out of memory) is recorded as ``failed: <first line>`` and the others still run.
+- ``fp32``: ``amp=False``; ``fp16``: AMP float16; ``bf16``: AMP bfloat16; ``bf16_cudnn``: bf16 with cuDNN autotuning
+  (``torch.backends.cudnn.benchmark = True``, set after the bundle's ``initialize``, whose ``set_determinism`` turns
+  it off; ``scripts/device/gpu_plan.py`` does the same for a ``monai.bundle run`` through its ``run`` list);
+  ``bf16_compile``: bf16 + ``compile=True`` (``fp32_compile``, not run by default, is the one compile variant a CPU
+  can run). AMP variants need CUDA (MONAI's trainer autocasts with ``"cuda"``) and are recorded as skipped on a CPU;
+  a variant that raises (a ``torch.compile`` failure, out of memory) is recorded as ``failed: <first line>`` and the
+  others still run.
 - For the measurement only: validation, checkpoints, weight export and the progress bar are disabled (their
   handlers matched by ``_target_``), and ``bundle_root`` is a temporary folder under ``--out``, removed afterwards,
   so nothing is written into the repository. Per-iteration work (loss, train Dice, TensorBoard, stats) is kept.
@@ -25,7 +28,7 @@ the fraction of wall time spent waiting for the DataLoader, the median step time
 Writes ``<out>/throughput.json`` and ``<out>/throughput.md`` atomically (after every variant) and prints the table.
 
     python scripts/benchmark_pretraining.py --out runs/throughput [--data anatomy|primitives]
-        [--variants fp32 fp16 bf16 bf16_compile] [--warmup 10] [--iterations 50] [--quick]
+        [--variants fp32 fp16 bf16 bf16_cudnn bf16_compile] [--warmup 10] [--iterations 50] [--quick]
         [--override '{"num_workers": 12}'] [--num_workers 12 ...]   # any other --key value is a bundle override
 """
 
@@ -59,16 +62,20 @@ from synth_transforms.machine import machine_facts
 log = logging.getLogger("benchmark_pretraining")
 
 DATA_CONFIGS = {"anatomy": [], "primitives": ["primitives.json"]}
-# Variant -> bundle overrides; ``amp`` variants need CUDA.
+# Variant -> bundle overrides, plus ``cudnn_benchmark`` (set in this process, not a bundle key); ``amp`` variants
+# need CUDA.
 VARIANTS = {
     "fp32": {"amp": False, "compile": False},
     "fp16": {"amp": True, "amp_dtype": "float16", "compile": False},
     "bf16": {"amp": True, "amp_dtype": "bfloat16", "compile": False},
+    "bf16_cudnn": {"amp": True, "amp_dtype": "bfloat16", "compile": False, "cudnn_benchmark": True},
     "bf16_compile": {"amp": True, "amp_dtype": "bfloat16", "compile": True},
     "fp32_compile": {"amp": False, "compile": True},
 }
-DEFAULT_VARIANTS = ["fp32", "fp16", "bf16", "bf16_compile"]
-# Train handlers disabled for the measurement, matched by the last part of their ``_target_``.
+RUNTIME_KEYS = ("cudnn_benchmark",)  # variant keys that are not bundle overrides
+DEFAULT_VARIANTS = ["fp32", "fp16", "bf16", "bf16_cudnn", "bf16_compile"]
+# Train handlers disabled for the measurement, matched by the end of their ``_target_``'s last part (so
+# ``CheckpointSaver`` also matches ``checkpoint_resume.TrainingCheckpointSaver``).
 DISABLED_HANDLERS = ("ValidationHandler", "CheckpointSaver", "WeightExportHandler", "TrainingProgressBar")
 TABLE_HEADER = "| variant | it/s | samples/s | data-wait % | step ms | GPU MiB | status |"
 
@@ -161,7 +168,7 @@ def disabled_handler_overrides(names: list[str], overrides: dict) -> dict:
     out = {}
     for i, handler in enumerate(parser["train#handlers"]):
         target = str(handler.get("_target_", "")) if isinstance(handler, dict) else ""
-        if target.rsplit(".", 1)[-1] in DISABLED_HANDLERS:
+        if target.rsplit(".", 1)[-1].endswith(DISABLED_HANDLERS):
             out[f"train#handlers#{i}#_disabled_"] = True
     return out
 
@@ -188,6 +195,11 @@ def bundle_settings(parser: ConfigParser) -> dict:
     return out
 
 
+def bundle_overrides(variant: str) -> dict:
+    """The variant's bundle overrides (its keys but ``RUNTIME_KEYS``)."""
+    return {key: value for key, value in VARIANTS[variant].items() if key not in RUNTIME_KEYS}
+
+
 def first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
@@ -212,7 +224,8 @@ def run_variant(variant: str, names: list[str], overrides: dict, warmup: int, it
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    workflow.initialize()
+    workflow.initialize()  # set_determinism: cudnn.benchmark False
+    torch.backends.cudnn.benchmark = bool(VARIANTS[variant].get("cudnn_benchmark", False))
     trainer = parser.get_parsed_content("train#trainer")
     settings = bundle_settings(parser)
     settings["cudnn"] = {
@@ -227,6 +240,7 @@ def run_variant(variant: str, names: list[str], overrides: dict, warmup: int, it
     workflow.run()
     total = time.perf_counter() - start
     workflow.finalize()
+    torch.backends.cudnn.benchmark = False  # the next variant starts as the bundle leaves it
     result = {"status": "ok", **timer.summary(settings["batch_size"]), "total_run_s": total, "settings": settings}
     result["first_iteration_s"] = timer.records[0][2] - timer.records[0][0]  # compilation / cudnn autotuning
     result["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
@@ -444,7 +458,10 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             log.info("%s: %d warm-up + %d timed iterations", variant, args.warmup, args.iterations)
             root = scratch / variant
-            overrides = {**measurement_overrides(names, args.bundle_overrides, root, total), **VARIANTS[variant]}
+            overrides = {
+                **measurement_overrides(names, args.bundle_overrides, root, total),
+                **bundle_overrides(variant),
+            }
             try:
                 result["variants"][variant] = run_variant(variant, names, overrides, args.warmup, args.iterations)
             except Exception as e:  # a failed variant (compile, OOM) must not stop the others

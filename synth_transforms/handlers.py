@@ -53,7 +53,7 @@ class SyntheticEpochHandler:
     ``EPOCH_STARTED`` fires, so workers see the new epoch too (keep ``persistent_workers=False``, the default).
 
     The epoch comes from the trainer's state, so a run resumed from an epoch-end checkpoint (which restores that
-    state, see :mod:`synth_transforms.training_control`) sees the samples the uninterrupted run would have seen. A
+    state, see :mod:`synth_transforms.checkpoint_resume`) sees the samples the uninterrupted run would have seen. A
     run resumed mid-epoch restarts the DataLoader: its remaining iterations see the epoch's first samples (logged).
 
     Args:

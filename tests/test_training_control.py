@@ -1,6 +1,6 @@
-"""Training control for long runs (synth_transforms.training_control): resume checkpoints, the final checkpoint
-only on completion, the wall-clock budget, arms in lockstep and the validation curve. Plain ignite engines with
-tiny steps: no network is trained here (the bundle tests run the handlers inside the real bundles)."""
+"""Training control for long runs (synth_transforms.checkpoint_resume and .training_control): resume checkpoints,
+the final checkpoint only on completion, the wall-clock budget, arms in lockstep and the validation curve. Plain
+ignite engines with tiny steps: no network is trained here (the bundle tests run the handlers in the real bundles)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,13 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from synth_transforms.training_control import (
-    STOP_FILE,
-    LockstepPacer,
+from synth_transforms.checkpoint_resume import (
     ResumeCheckpointLoader,
-    TrainingBudget,
     TrainingCheckpointSaver,
-    ValidationCurveWriter,
     latest_checkpoint,
     resume_checkpoint,
 )
+from synth_transforms.training_control import STOP_FILE, LockstepPacer, TrainingBudget, ValidationCurveWriter
 
 
 def _trainer(weight: torch.nn.Parameter, fail_at: int | None = None) -> Engine:
@@ -54,7 +51,7 @@ def test_latest_checkpoint_takes_the_last_epoch_file(tmp_path):
 
 def test_resume_checkpoint_starts_from_scratch_with_a_log_line(tmp_path, caplog):
     assert resume_checkpoint(tmp_path, False) is None
-    with caplog.at_level(logging.INFO, logger="synth_transforms.training_control"):
+    with caplog.at_level(logging.INFO, logger="synth_transforms.checkpoint_resume"):
         assert resume_checkpoint(tmp_path, True) is None
     assert f"no checkpoint in {tmp_path}, training starts from scratch" in caplog.text
     (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"")
