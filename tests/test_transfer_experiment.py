@@ -1,7 +1,8 @@
-"""The transfer experiment (``scripts/run_transfer_experiment.py`` on ``scripts/experiments``): its stage plan, the
-generic resumable stage runner, result tables, pack/unpack, and the ``--quick`` CPU run of the whole path through the
-real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder and from scratch,
-evaluate, then segment with the inference config)."""
+"""The transfer experiment (``scripts/run_transfer_experiment.py`` on ``scripts/experiments``): its presets and stage
+plan, the dry run's time estimate, the generic resumable stage runner, result tables and statistics (paired
+differences with bootstrap intervals, learning curves and their PNG), pack/unpack, and the ``--quick`` CPU run of the
+whole path through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder
+and from scratch, evaluate, then segment with the inference config)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from experiments import runner
-from experiments.transfer import command, pack, plan, report
+from experiments.transfer import command, curves, estimate, pack, plan, report, stats
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
@@ -48,15 +49,137 @@ def test_epoch_plan_and_warmup():
 
 def test_quick_settings_are_the_cpu_smoke_overlays():
     pre, tune = _bundles.cpu_smoke("anatomy_pretrain"), _bundles.cpu_smoke("swin_unetr_finetune")
-    quick = plan.Settings(**plan.quick_settings())
-    assert quick.device == pre["device"] == tune["device"] == "cpu"
+    quick = plan.make_settings("quick")
+    assert quick.preset == "quick" and quick.device == pre["device"] == tune["device"] == "cpu"
     assert quick.feature_size == pre["feature_size"] == tune["feature_size"] == 12
-    assert [quick.pretrain_patch] * 3 == pre["patch_size"] and [quick.finetune_patch] * 3 == tune["patch_size"]
+    assert [quick.pretrain_patch] * 3 == pre["patch_size"] and list(quick.finetune_patch) == tune["patch_size"]
     assert (quick.pretrain_batch, quick.pretrain_workers) == (pre["batch_size"], pre["num_workers"])
     assert (quick.finetune_batch, quick.finetune_workers) == (tune["batch_size"], tune["num_workers"])
     assert quick.pretrain_iterations == pre["num_iterations"]
     assert quick.finetune_iterations == tune["max_epochs"] * tune["epoch_length"]
     assert quick.use_checkpoint is False and quick.cache_rate == tune["cache_rate"] and quick.val_cases == 2
+    assert quick.pretrain_spacing is None and quick.finetune_val_points == 0  # the default bank, no curve
+
+
+def test_cpu_preset_and_overrides_on_top(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu")
+    assert (cpu.preset, cpu.device, cpu.feature_size) == ("cpu", "cpu", 12)
+    # the body at the GPU protocol's scale: at least 144 mm a side, from a bank built at the pre-training spacing
+    assert cpu.pretrain_patch * cpu.pretrain_spacing >= 144 and cpu.pretrain_patch % 32 == 0
+    assert cpu.finetune_patch == (32, 64, 32) and cpu.finetune_val_points in range(4, 7)
+    assert len(cpu.seeds) >= 5 and len(cpu.regime_seeds("all")) >= 1 and cpu.val_cases is None
+    assert (cpu.pretrain_learning_rate, cpu.finetune_learning_rate) == (3e-3, 1e-3)
+
+    tuned = plan.make_settings("cpu", {"pretrain_iterations": 20, "seeds": "3,4", "finetune_patch": [64, 64, 32]})
+    assert (tuned.preset, tuned.pretrain_iterations, tuned.seeds) == ("cpu", 20, (3, 4))
+    assert tuned.finetune_patch == (64, 64, 32) and tuned.feature_size == 12  # the rest stays the preset's
+    recorded = json.loads(json.dumps(dataclasses.asdict(tuned)))
+    assert plan.Settings(**recorded) == tuned  # settings.json reads back to the same settings
+    with pytest.raises(ValueError, match="preset must be one of 'gpu', 'cpu', 'quick'"):
+        plan.make_settings("tpu")
+    with pytest.raises(TypeError, match="--preset"):
+        plan.make_settings("cpu", {"preset": "gpu"})
+    with pytest.raises(ValueError, match=r"finetune_patch must be divisible by 32 on every axis, got \(32, 50, 32\)"):
+        plan.make_settings("cpu", {"finetune_patch": (32, 50, 32)})
+    with pytest.raises(
+        ValueError, match=r"pretrain_patch must be the side of a cube \(one integer\), got \[64, 64, 32\]"
+    ):
+        plan.make_settings("cpu", {"pretrain_patch": [64, 64, 32]})
+    with pytest.raises(ValueError, match=r"finetune_iterations must be a multiple of finetune_val_points \(5\)"):
+        plan.make_settings("cpu", {"finetune_iterations": 503})
+    with pytest.raises(ValueError, match="--quick is --preset quick"):
+        command.preset_name("cpu", True)
+    assert command.preset_name(None, True) == "quick" and command.preset_name(None, False) == "gpu"
+
+    # the preset is recorded with the settings, and a resumed run with another preset or value is refused
+    out, data = str(tmp_path / "run"), str(hippocampus_dir)
+    with pytest.raises(ValueError, match="matches no stage"):
+        command.run(out=out, preset="cpu", only="nothing_*", dataset_dir=data)
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["preset"] == "cpu"
+    with pytest.raises(ValueError, match="other settings"):
+        command.run(out=out, quick=True, only="nothing_*", dataset_dir=data)
+    with pytest.raises(ValueError, match="other settings"):
+        command.run(out=out, preset="cpu", only="nothing_*", dataset_dir=data, finetune_learning_rate=1e-4)
+
+
+def test_cpu_plan_builds_its_bank_and_keeps_one_recipe(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu")
+    datalist = tmp_path / "datalist.json"
+    stages = plan.plan_stages(cpu, tmp_path, hippocampus_dir, datalist, plan.BANK_SUBJECTS)
+    by_name = {stage.name: stage for stage in stages}
+    assert [stage.name for stage in stages[:3]] == ["bank", "pretrain_anatomy", "pretrain_primitives"]
+    assert len(stages) == 3 + 2 * len(plan.ARMS) * (len(cpu.seeds) + len(cpu.regime_seeds("all")))
+    bank = by_name["bank"].command(tmp_path / "bank.partial")
+    assert bank[1:5] == ["-m", "synth_transforms", "bank", "build"]
+    assert bank[bank.index("--spacing") + 1] == "2.25"
+    assert bank[bank.index("--out") + 1] == str(tmp_path / "bank.partial" / "bank_2.25mm.npz")
+    assert bank[bank.index("--label_maps") + 1].endswith("shape_bank_subjects/*/label_total117.nii.gz")
+    anatomy, primitives = by_name["pretrain_anatomy"], by_name["pretrain_primitives"]
+    assert anatomy.needs == primitives.needs == ["bank"]
+    assert anatomy.overrides["bank"] == str(tmp_path / "bank" / "bank_2.25mm.npz")
+    # both arms alike (iterations, batch, schedule); primitives only record the bank's spacing in their affine
+    assert primitives.overrides == {**anatomy.overrides, "synth#spacing": 2.25}
+    assert anatomy.overrides["patch_size"] == [64, 64, 64] and anatomy.overrides["warmup_steps"] == cpu.pretrain_warmup
+    assert anatomy.overrides["iterations_per_epoch"] * cpu.pretrain_val_points == cpu.pretrain_iterations
+    assert "--synth#spacing" in primitives.command() and "--synth#spacing" not in anatomy.command()
+
+    recipes = []
+    for arm in plan.ARMS:
+        tune = by_name[f"finetune_few_shot_{arm}_seed4"].overrides
+        recipes.append({k: v for k, v in tune.items() if k not in ("pretrained", "transfer")})
+    assert recipes[0] == recipes[1] == recipes[2]
+    tune = recipes[0]
+    assert tune["patch_size"] == [32, 64, 32] and tune["learning_rate"] == cpu.finetune_learning_rate
+    assert (tune["max_epochs"], tune["val_interval"]) == (cpu.finetune_val_points, 1)  # the learning curve's rounds
+    assert tune["max_epochs"] * tune["epoch_length"] == cpu.finetune_iterations
+    # a 32x64x32 crop turned in the plane of axes 0 and 1 becomes 64x32x32 and cannot be batched with the others
+    (rotation,) = [key for key in tune if key.endswith("#spatial_axes")]
+    assert tune[rotation] == [0, 2] and rotation.startswith("train#random_transforms#")
+    config = json.loads((_bundles.config_dir("swin_unetr_finetune") / "train.json").read_text())
+    index = int(rotation.split("#")[2])
+    assert config["train"]["random_transforms"][index]["_target_"] == "RandRotate90d"
+    assert plan.rotation_override((64, 64, 32)) == {}  # axes 0 and 1 equal: the bundle's own rotation
+    assert plan.rotation_override((32, 64, 96)) == {rotation.replace("spatial_axes", "prob"): 0.0}  # no equal sides
+    assert "finetune_all_anatomy_seed1" not in by_name and "finetune_all_anatomy_seed0" in by_name
+    evaluation = by_name["evaluate_few_shot_anatomy_seed4"].overrides
+    assert evaluation["patch_size"] == [32, 64, 32]  # the sliding window's roi_size is @patch_size
+    assert evaluation["checkpoint"].endswith("finetune/few_shot_anatomy_seed4/models/model_final.pt")
+
+
+def test_dry_run_prints_an_estimate_per_stage_and_writes_nothing(tmp_path, hippocampus_dir, capsys):
+    out = tmp_path / "dry"
+    planned = command.run(out=str(out), preset="cpu", jobs=2, dry_run=True, dataset_dir=str(hippocampus_dir))
+    printed = capsys.readouterr().out.splitlines()
+    assert not out.exists()
+    assert printed[0].startswith("plan: preset cpu,") and printed[-1].startswith("estimated wall time: ")
+    for name in planned["stages"]:
+        (line,) = [line for line in printed if line.split()[:1] == [name]]
+        assert "~" in line and " to " in line
+    assert len(printed) == len(planned["stages"]) + 2
+
+    gpu = command.run(out=str(out), dry_run=True, dataset_dir=str(hippocampus_dir))  # nothing measured on CUDA
+    assert gpu["plan"][-1].startswith("no step time was measured on cuda")
+
+
+def test_schedule_runs_stages_as_the_runner_does():
+    stages = [
+        runner.Stage("bank", Path("b")),
+        runner.Stage("pre_a", Path("a"), needs=["bank"]),
+        runner.Stage("pre_b", Path("b"), needs=["bank"]),
+        runner.Stage("tune", Path("t")),
+        runner.Stage("tune_a", Path("ta"), needs=["pre_a"]),
+    ]
+    seconds = {"bank": 10.0, "pre_a": 100.0, "pre_b": 100.0, "tune": 50.0, "tune_a": 20.0}
+    times = estimate.schedule(stages, seconds, jobs=2)
+    # a free slot takes the first ready stage: "tune" runs beside the bank build, the pre-trainings after it
+    assert times == {
+        "bank": (0.0, 10.0), "tune": (0.0, 50.0), "pre_a": (10.0, 110.0), "pre_b": (50.0, 150.0),
+        "tune_a": (110.0, 130.0),
+    }  # fmt: skip
+    assert max(f for _, f in estimate.schedule(stages, seconds, jobs=1).values()) == sum(seconds.values())
+    step = estimate.StepTime(seconds=4.0, voxels=1000, batch=2, threads=1)
+    assert step.scaled(2000, 2, 1) == pytest.approx(8.0)
+    assert step.scaled(1000, 2, 2) == pytest.approx(4.0 / estimate.THREAD_SPEEDUP)
 
 
 def test_plan_has_every_arm_regime_and_seed(tmp_path, hippocampus_dir):
@@ -184,6 +307,129 @@ def test_read_dice_and_results_table(tmp_path):
     assert [report.class_title(c, names) for c in ("class0", "label2", "Anterior", "class7")] == [
         "Anterior", "Posterior", "Anterior", "class7",
     ]  # fmt: skip
+
+
+def test_mean_std_and_bootstrap_interval_on_known_values():
+    assert stats.mean_std([0.5, 0.7]) == pytest.approx({"n": 2, "mean": 0.6, "std": 0.1414213562})
+    assert stats.mean_std([0.4]) == {"n": 1, "mean": 0.4, "std": None}
+    assert stats.bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))  # no spread, no width
+    # two values: the resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 95 % interval is [0, 1]
+    assert stats.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+    # [0, 0, 1]: a mean of 0 has probability 8/27 > 2.5 %, a mean of 1 has 1/27 > 2.5 %
+    assert stats.bootstrap_ci([0.0, 0.0, 1.0]) == (0.0, 1.0)
+    assert stats.bootstrap_ci([0.1]) is None
+    values = [0.02, 0.05, -0.01, 0.04, 0.03]
+    low, high = stats.bootstrap_ci(values)
+    assert stats.bootstrap_ci(values) == (low, high)  # fixed generator seed: the same interval every time
+    assert min(values) < low < 0.026 < high < max(values)  # around the mean 0.026, inside the range of the values
+    assert stats.bootstrap_ci(values, confidence=0.5)[0] > low
+
+    difference = stats.paired_difference({0: 0.7, 1: 0.8, 2: 0.9}, {0: 0.6, 1: 0.6, 3: 0.1})
+    assert difference["seeds"] == [0, 1] and difference["differences"] == pytest.approx([0.1, 0.2])
+    assert difference["mean"] == pytest.approx(0.15) and difference["ci95"] == pytest.approx([0.1, 0.2])
+    assert stats.paired_difference({0: 0.7}, {1: 0.6}) is None
+
+
+def test_regime_statistics_per_arm_class_and_comparison():
+    def runs(means):
+        return {seed: {"class0": m + 0.1, "class1": m - 0.1, "mean": m, "cases": 40} for seed, m in enumerate(means)}
+
+    arms = {"scratch": runs([0.5, 0.6, 0.7]), "primitives": runs([0.6, 0.6, 0.6]), "anatomy": runs([0.7, 0.7, 0.8])}
+    result = stats.regime_statistics(arms, ["class0", "class1"])
+    anatomy = result["arms"]["anatomy"]
+    assert anatomy["mean"]["mean"] == pytest.approx(0.7333333) and anatomy["class0"]["mean"] == pytest.approx(0.8333333)
+    assert anatomy["mean"]["std"] == pytest.approx(0.0577350)
+    assert set(result["differences"]) == {"anatomy-scratch", "anatomy-primitives"}
+    versus_scratch = result["differences"]["anatomy-scratch"]
+    assert versus_scratch["mean"]["differences"] == pytest.approx([0.2, 0.1, 0.1])
+    assert versus_scratch["class1"]["mean"] == pytest.approx(0.1333333)  # per class too
+    low, high = versus_scratch["mean"]["ci95"]
+    assert 0.1 - 1e-9 <= low < high <= 0.2 + 1e-9
+    assert result["bootstrap"] == {"resamples": 10_000, "seed": 0, "confidence": 0.95}
+    assert set(stats.regime_statistics({"scratch": arms["scratch"]}, ["class0"])["differences"]) == set()
+
+
+def test_read_curve_and_seed_average(tmp_path):
+    path = tmp_path / "validation_curve.jsonl"
+    rounds = [
+        {"iteration": 100, "mean_dice": 0.2, "per_class": {"class0": 0.3, "class1": 0.1}},
+        {"iteration": 50, "mean_dice": 0.1},
+        {"iteration": 100, "mean_dice": 0.25},  # the same round again, after a resume: the later record counts
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rounds) + "\n\n")
+    assert curves.read_curve(path) == [{"iteration": 50, "mean": 0.1}, {"iteration": 100, "mean": 0.25}]
+    path.write_text('{"iteration": 10, "mean": 0.5, "per_class": {"class0": 0.5}}\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"validation_curve.jsonl, line 2: expected a JSON object with 'iteration'"):
+        curves.read_curve(path)
+    runs = {0: [{"iteration": 50, "mean": 0.2}, {"iteration": 100, "mean": 0.4}], 1: [{"iteration": 50, "mean": 0.4}]}
+    assert curves.seed_average(runs) == [(50, pytest.approx(0.3), pytest.approx(0.1414213562), 2), (100, 0.4, None, 1)]
+
+
+def test_curve_png_is_written_atomically(tmp_path):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "figures" / "curve.png"
+    panels = {"few_shot": {"scratch": [(50, 0.2, 0.05, 5), (100, 0.4, 0.05, 5)], "anatomy": [(50, 0.3, None)]}}
+    assert curves.write_curve_png(target, panels, "Dice") == target
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 1000
+    assert [p.name for p in target.parent.iterdir()] == ["curve.png"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="no curve to draw"):
+        curves.write_curve_png(tmp_path / "empty.png", {"few_shot": {}}, "Dice")
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
+    settings = plan.make_settings("cpu", {"seeds": (0, 1, 2)})
+    stages = plan.plan_stages(settings, tmp_path, hippocampus_dir, tmp_path / "datalist.json")
+    for arm, offset in (("scratch", 0.0), ("primitives", 0.02), ("anatomy", 0.05)):
+        for regime, seeds in (("few_shot", (0, 1, 2)), ("all", (0,))):
+            for seed in seeds:
+                metrics = tmp_path / "evaluate" / f"{regime}_{arm}_seed{seed}" / "metrics"
+                metrics.mkdir(parents=True)
+                a, b = 0.6 + offset + 0.01 * seed, 0.5 + offset
+                (metrics / "val_mean_dice_raw.csv").write_text(f"filename\tclass0\tclass1\tmean\nc\t{a}\t{b}\t0\n")
+                run = tmp_path / "finetune" / f"{regime}_{arm}_seed{seed}" / "runs"
+                run.mkdir(parents=True)
+                curve = [{"iteration": i, "mean_dice": offset + i / 1000} for i in (100, 200, 300, 400, 500)]
+                (run / curves.CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in curve))
+    pretrain = tmp_path / "pretrain" / "anatomy" / "runs"
+    pretrain.mkdir(parents=True)
+    (pretrain / curves.CURVE_FILE).write_text('{"iteration": 100, "mean_dice": 0.3}\n')
+    summary = report.summarise(settings, tmp_path, stages, {"1": "Anterior", "2": "Posterior"})
+    doc = tmp_path / "docs" / "results.md"
+    report.write_results(summary, tmp_path, str(doc))
+
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["preset"] == "cpu" and written["settings"]["seeds"] == [0, 1, 2]
+    few = written["statistics"]["few_shot"]
+    assert few["arms"]["anatomy"]["mean"]["mean"] == pytest.approx(0.605)  # (0.65 + 0.01 seed + 0.55) / 2
+    assert few["arms"]["anatomy"]["class0"] == pytest.approx({"n": 3, "mean": 0.66, "std": 0.01})
+    assert few["differences"]["anatomy-scratch"]["mean"]["differences"] == pytest.approx([0.05] * 3)
+    assert few["differences"]["anatomy-primitives"]["mean"]["ci95"] == pytest.approx([0.03, 0.03])
+    assert written["statistics"]["all"]["differences"]["anatomy-scratch"]["mean"]["ci95"] is None  # one seed
+    assert [p["mean"] for p in written["curves"]["finetune"]["few_shot"]["anatomy"]["2"]] == pytest.approx(
+        [0.15, 0.25, 0.35, 0.45, 0.55]
+    )
+    assert written["curves"]["pretrain"] == {"anatomy": [{"iteration": 100, "mean": 0.3}]}
+
+    page = doc.read_text()
+    assert "| few_shot | anatomy-scratch | 3 | 0: +0.0500, 1: +0.0500, 2: +0.0500 | +0.0500 ± 0.0000 |" in page
+    assert "| all | anatomy-primitives | 1 |" in page and "n/a (one seed)" in page
+    assert "coarse" in page and "10000 resamples" in page
+    assert "preset `cpu`" in page and "64^3 patches from a bank at 2.25 mm (144 mm a side)" in page
+    if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
+        assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
+        assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+        assert "](../learning_curve.png)" in page
+        assert "](learning_curve.png)" in (tmp_path / "results.md").read_text()
+
+
+def test_pack_keeps_the_built_bank_and_the_curves(tmp_path):
+    files = ["bank/bank_2.25mm.npz", "finetune/a/runs/validation_curve.jsonl", "learning_curve.png", "stages/x.json"]
+    for name in [*files, "finetune/a/models/model_final.pt", "pretrain/b.partial/runs/validation_curve.jsonl"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    # without the bank a resume elsewhere would rebuild it, and then redo the pre-trainings that need it
+    assert sorted(map(str, pack.lasting_files(tmp_path))) == sorted(files)
 
 
 def test_run_refuses_bad_settings(tmp_path, hippocampus_dir):

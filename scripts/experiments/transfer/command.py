@@ -13,8 +13,17 @@ from pathlib import Path
 import _bundles
 
 from experiments.runner import StageRunner
+from experiments.transfer.estimate import plan_lines
 from experiments.transfer.pack import pack, unpack
-from experiments.transfer.plan import Settings, plan_stages, quick_settings, write_datalist
+from experiments.transfer.plan import (
+    BANK_CLASS_MAP,
+    BANK_SUBJECTS,
+    Settings,
+    make_settings,
+    plan_stages,
+    read_datalist,
+    write_datalist,
+)
 from experiments.transfer.report import results_table, summarise, write_results
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
@@ -26,20 +35,16 @@ def check_device(device: str) -> None:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for but torch sees no CUDA device: use --quick or --device cpu")
+        raise RuntimeError(
+            f"device {device!r} asked for but torch sees no CUDA device: use --preset cpu (or quick) or --device cpu"
+        )
 
 
-def make_settings(quick: bool, overrides: dict) -> Settings:
-    """``Settings`` from the defaults, the ``--quick`` values and ``--<field> value`` overrides, in that order."""
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(Settings)}
-    if unknown:
-        known = ", ".join(f"--{f.name} (default {f.default})" for f in dataclasses.fields(Settings))
-        raise TypeError(f"unknown setting(s) {sorted(unknown)}; the settings are: {known}")
-    values = {**(quick_settings() if quick else {}), **overrides}
-    if "seeds" in values:
-        seeds = values["seeds"]
-        values["seeds"] = tuple(int(v) for v in (seeds if isinstance(seeds, (list, tuple)) else str(seeds).split(",")))
-    return Settings(**values)
+def preset_name(preset: str | None, quick: bool) -> str:
+    """The preset chosen by ``--preset`` and ``--quick`` (an alias of ``--preset quick``); default ``gpu``."""
+    if quick and preset not in (None, "quick"):
+        raise ValueError(f"--quick is --preset quick, but --preset {preset!r} was given too: pass one of them")
+    return "quick" if quick else preset or "gpu"
 
 
 def stage_environment(device: str, jobs: int) -> dict:
@@ -55,24 +60,35 @@ def stage_environment(device: str, jobs: int) -> dict:
 
 def run(
     out: str = "runs/transfer",
+    preset: str | None = None,
     quick: bool = False,
     only: str | Sequence[str] = "*",
     jobs: int = 1,
     dataset_dir: str = str(DEFAULT_DATASET),
+    bank_subjects: str = str(BANK_SUBJECTS),
     results_doc: str | None = None,
+    dry_run: bool = False,
     **overrides,
 ) -> dict:
     """Run (or resume) the experiment into ``out``; ``only`` selects stages by name pattern(s).
 
-    Any field of ``Settings`` can be overridden, e.g. ``--pretrain_iterations 3000 --seeds 0,1``. ``--quick`` is the
-    tiny CPU version of the same path (the bundles' ``configs/cpu_smoke.json``; the test suite runs it). Writes
-    ``results.json``/``results.md`` in ``out`` (and ``results_doc`` when given) from every evaluation finished so far.
+    ``--preset`` names the starting values: ``gpu`` (the default: the GPU protocol), ``cpu`` (the 2-core CPU
+    protocol) or ``quick`` (the tiny CPU version of the same path: the bundles' ``configs/cpu_smoke.json``; the test
+    suite runs it; ``--quick`` is an alias). Any field of ``Settings`` can be overridden on top, e.g.
+    ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage and
+    runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` (and the Markdown to
+    ``results_doc`` when given) from every evaluation finished so far.
     """
-    settings = make_settings(quick, overrides)
+    settings = make_settings(preset_name(preset, quick), overrides)
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
-    check_device(settings.device)
     if not (dataset / "dataset.json").is_file():
         raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    subjects = Path(bank_subjects).resolve()
+    if settings.bank_file is not None and not (subjects / BANK_CLASS_MAP).is_file():
+        raise FileNotFoundError(f"{subjects / BANK_CLASS_MAP} not found: pass --bank_subjects, the five label maps")
+    if dry_run:
+        return dry_run_plan(settings, out_path, dataset, subjects, jobs)
+    check_device(settings.device)
     out_path.mkdir(parents=True, exist_ok=True)
     settings_file = out_path / "settings.json"
     recorded = dataclasses.asdict(settings)
@@ -81,7 +97,7 @@ def run(
     write_json_atomic(settings_file, recorded)
     datalist = write_datalist(dataset, out_path / "datalist.json", settings.val_cases)
 
-    stages = plan_stages(settings, out_path, dataset, datalist)
+    stages = plan_stages(settings, out_path, dataset, datalist, subjects)
     patterns = [only] if isinstance(only, str) else list(only)
     selected = [stage for stage in stages if any(fnmatch.fnmatch(stage.name, p) for p in patterns)]
     if not selected:
@@ -93,6 +109,16 @@ def run(
     write_results(summary, out_path, results_doc)
     print("\n".join(results_table(summary)) or "no evaluation finished yet")
     return summary
+
+
+def dry_run_plan(settings: Settings, out: Path, dataset: Path, subjects: Path, jobs: int) -> dict:
+    """Print the plan with a wall-time estimate per stage; write nothing."""
+    datalist = read_datalist(dataset, settings.val_cases)
+    stages = plan_stages(settings, out, dataset, out / "datalist.json", subjects)
+    sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+    lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes)
+    print("\n".join(lines))
+    return {"settings": dataclasses.asdict(settings), "stages": [stage.name for stage in stages], "plan": lines}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

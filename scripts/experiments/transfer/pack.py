@@ -1,5 +1,6 @@
 """What must outlast a lent machine: ``pack`` copies the exported encoders and one tar of the small files (settings,
-stage records, logs, datalists, metrics, results) into a flat folder; ``unpack`` puts them back so that a later
+stage records, logs, datalists, metrics, learning curves and their figures, results, and the experiment's own bank
+when it built one) into a flat folder; ``unpack`` puts them back so that a later
 ``run`` resumes after the packed stages."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from experiments.transfer.plan import ENCODER, PRETRAIN_CONFIG_FILES
 from synth_transforms.io import atomic_path
 
 PACKED_RECORDS = "records.tar.gz"
-SMALL_SUFFIXES = {".json", ".log", ".csv", ".md", ".txt"}
+SMALL_SUFFIXES = {".json", ".jsonl", ".log", ".csv", ".md", ".txt", ".png"}
+BANK_FOLDER = "bank"  # the bank built by the experiment (a few hundred kB): without it a resume would rebuild it and
+# then, its prerequisite newer than them, redo both pre-trainings
 
 
 def lasting_files(out: Path) -> list[Path]:
@@ -22,7 +25,8 @@ def lasting_files(out: Path) -> list[Path]:
         relative = path.relative_to(out)
         if not path.is_file() or any(part.endswith(".partial") for part in relative.parts):
             continue
-        if path.suffix in SMALL_SUFFIXES or "events.out.tfevents" in path.name:
+        in_bank = relative.parts[0] == BANK_FOLDER and path.suffix == ".npz"
+        if path.suffix in SMALL_SUFFIXES or "events.out.tfevents" in path.name or in_bank:
             keep.append(relative)
     return keep
 

@@ -4,12 +4,15 @@ arm and seed a fine-tuning and its evaluation, each one ``python -m monai.bundle
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import _bundles
 
 from experiments.runner import Stage
+from synth_transforms._args import as_size3, check_choice, check_positive, check_positive_int, fail
 from synth_transforms.io import read_json, write_json_atomic
 
 ARMS = ("scratch", "primitives", "anatomy")
@@ -18,36 +21,96 @@ FINETUNE_CONFIG_FILES = ["train.json", "msd_hippocampus.json"]
 EVALUATE_CONFIG_FILES = [*FINETUNE_CONFIG_FILES, "evaluate.json"]
 ENCODER = "model_swinvit.pt"
 QUICK_VAL_CASES = 2  # validation cases of --quick (the experiment's own; the rest comes from cpu_smoke.json)
+BANK_SUBJECTS = _bundles.REPO.parent / "shared" / "data" / "shape_bank_subjects"  # the five label maps of the method
+BANK_LABEL_MAPS = "*/label_total117.nii.gz"
+BANK_CLASS_MAP = "class_map_totalseg_v2_total.json"
+PRESETS = ("gpu", "cpu", "quick")
+OWNER = "transfer experiment settings"
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything that defines a run of the experiment; recorded in ``results.json``."""
+    """Everything that defines a run of the experiment; recorded in ``settings.json`` and ``results.json``.
 
+    Sequences given as text (``"0,1,2"``) or lists are normalised to tuples, so a recorded ``settings.json`` reads
+    back to equal settings.
+    """
+
+    preset: str = "gpu"  # the named starting point the other values were taken from (see PRESETS)
     device: str = "cuda"
     feature_size: int = 48
-    pretrain_patch: int = 96
+    use_checkpoint: bool = False
+    amp_dtype: str = "float16"  # AMP on CUDA only; the bundles train in fp32 on the CPU
+    # pre-training (both arms alike)
+    pretrain_patch: int = 96  # a cube, voxels
+    pretrain_spacing: float | None = None  # None: the bundle's default bank (1.5 mm); else a bank built at it first
     pretrain_batch: int = 2
     pretrain_iterations: int = 1500
+    pretrain_learning_rate: float = 1e-4
+    pretrain_warmup: int | None = None  # None: 10 % of the iterations, at most 500
+    pretrain_val_points: int = 3  # synthetic validation rounds, evenly spaced (the last one at the end)
     pretrain_workers: int = 8
     pretrain_val_samples: int = 16
-    finetune_patch: int = 64
+    # fine-tuning (every arm alike) and evaluation
+    finetune_patch: tuple[int, int, int] = (64, 64, 64)
     finetune_batch: int = 2
     finetune_iterations: int = 500
+    finetune_learning_rate: float = 1e-4
+    finetune_warmup: int | None = None  # None: 10 % of the iterations, at most 500
+    finetune_val_points: int = 0  # validation rounds for the learning curve (reported only); 0: none
     finetune_workers: int = 4
-    learning_rate: float = 1e-4
-    amp_dtype: str = "float16"
-    use_checkpoint: bool = False
     few_shot_cases: int = 10
     subset_seed: int = 0
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)  # seeds of the few-shot regime
+    all_seeds: tuple[int, ...] | None = None  # seeds of the all-cases regime (None: the same as ``seeds``)
     val_cases: int | None = None  # None: the whole validation split
     cache_rate: float = 1.0
+
+    def __post_init__(self):
+        set_field = functools.partial(object.__setattr__, self)
+        check_choice(self.preset, "preset", PRESETS, OWNER)
+        side = as_size3(self.pretrain_patch, "pretrain_patch", OWNER, multiple_of=32)
+        if len(set(side)) != 1:
+            raise fail("pretrain_patch", "the side of a cube (one integer)", self.pretrain_patch, OWNER)
+        set_field("pretrain_patch", side[0])
+        set_field("finetune_patch", as_size3(self.finetune_patch, "finetune_patch", OWNER, multiple_of=32))
+        set_field("seeds", _seeds(self.seeds, "seeds"))
+        if self.all_seeds is not None:
+            set_field("all_seeds", _seeds(self.all_seeds, "all_seeds"))
+        if self.pretrain_spacing is not None:
+            set_field("pretrain_spacing", check_positive(self.pretrain_spacing, "pretrain_spacing", OWNER))
+        for name in ("pretrain_iterations", "finetune_iterations", "pretrain_val_points"):
+            check_positive_int(getattr(self, name), name, OWNER)
+        check_positive_int(self.finetune_val_points, "finetune_val_points", OWNER, minimum=0)
+        for kind in ("pretrain", "finetune"):
+            iterations, points = getattr(self, f"{kind}_iterations"), getattr(self, f"{kind}_val_points")
+            if points and iterations % points:
+                raise fail(f"{kind}_iterations", f"a multiple of {kind}_val_points ({points})", iterations, OWNER)
 
     @property
     def regimes(self) -> dict[str, int | None]:
         """Data regime name -> number of training cases (None: all of the training split)."""
         return {"few_shot": self.few_shot_cases, "all": None}
+
+    def regime_seeds(self, regime: str) -> tuple[int, ...]:
+        """The fine-tuning seeds of ``regime``."""
+        return self.seeds if regime == "few_shot" or self.all_seeds is None else self.all_seeds
+
+    @property
+    def bank_file(self) -> str | None:
+        """Name of the bank the experiment builds for pre-training (None: the bundle's default bank)."""
+        return None if self.pretrain_spacing is None else f"bank_{self.pretrain_spacing:g}mm.npz"
+
+
+def _seeds(value, name: str) -> tuple[int, ...]:
+    seeds = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        parsed = tuple(int(seed) for seed in seeds)
+    except ValueError:
+        raise fail(name, "integers (e.g. 0,1,2)", value, OWNER) from None
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise fail(name, "one or more distinct integers", value, OWNER)
+    return parsed
 
 
 def _cube(patch_size: Sequence[int], source: str) -> int:
@@ -70,15 +133,69 @@ def quick_settings() -> dict:
         "pretrain_patch": _cube(pre["patch_size"], f"anatomy_pretrain/{_bundles.CPU_SMOKE}"),
         "pretrain_batch": pre["batch_size"],
         "pretrain_iterations": pre["num_iterations"],
+        "pretrain_val_points": 1,
         "pretrain_workers": pre["num_workers"],
         "pretrain_val_samples": pre["num_val_samples"],
-        "finetune_patch": _cube(tune["patch_size"], f"swin_unetr_finetune/{_bundles.CPU_SMOKE}"),
+        "finetune_patch": tuple(tune["patch_size"]),
         "finetune_batch": tune["batch_size"],
         "finetune_iterations": tune["max_epochs"] * tune["epoch_length"],
         "finetune_workers": tune["num_workers"],
         "cache_rate": tune["cache_rate"],
         "val_cases": QUICK_VAL_CASES,
     }
+
+
+# The 2-core CPU protocol. Sizes from step times and short learning curves measured on the 2-core development
+# machine (docs/results.md, "CPU protocol"): fp32, feature_size 12, one thread per stage with two stages at once.
+# The learning curves it records (pre-training: 10 rounds; fine-tuning: 5) show whether these budgets suffice.
+# Pre-training sees the body at the GPU protocol's scale: 64^3 voxels at 2.25 mm = 144 mm a side (96^3 at 1.5 mm),
+# from a bank built at that spacing from the same five subjects. Fine-tuning crops fit the Hippocampus volumes
+# (about 35x50x36 voxels): 32x64x32, not a 64^3 cube that is mostly padding.
+CPU_PRESET = {
+    "device": "cpu",
+    "feature_size": 12,
+    "use_checkpoint": False,
+    "pretrain_patch": 64,
+    "pretrain_spacing": 2.25,
+    "pretrain_batch": 2,
+    "pretrain_iterations": 800,  # about 2 h per arm at 8.2 s per step on one thread, validation included
+    "pretrain_learning_rate": 3e-3,  # ahead of 1e-3 after 40 measured iterations (loss 2.87 vs 3.36)
+    "pretrain_warmup": 50,
+    "pretrain_val_points": 10,
+    "pretrain_workers": 0,
+    "pretrain_val_samples": 16,
+    "finetune_patch": (32, 64, 32),
+    "finetune_batch": 4,
+    "finetune_iterations": 500,
+    "finetune_learning_rate": 1e-3,
+    "finetune_warmup": 25,
+    "finetune_val_points": 5,
+    "finetune_workers": 0,
+    "seeds": (0, 1, 2, 3, 4),
+    "all_seeds": (0,),
+    "val_cases": None,
+    "cache_rate": 1.0,
+}
+
+
+def preset_settings(preset: str) -> dict:
+    """The values of a named preset (``gpu``: the ``Settings`` defaults), with its name."""
+    check_choice(preset, "preset", PRESETS, OWNER)
+    values = {"gpu": {}, "cpu": CPU_PRESET, "quick": quick_settings() if preset == "quick" else {}}[preset]
+    return {**values, "preset": preset}
+
+
+def make_settings(preset: str = "gpu", overrides: dict | None = None) -> Settings:
+    """``Settings`` from the preset's values with ``--<field> value`` overrides on top."""
+    overrides = dict(overrides or {})
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        known = ", ".join(f"--{name} (default {default})" for name, default in fields.items() if name != "preset")
+        raise TypeError(f"unknown setting(s) {sorted(unknown)}; the settings are: {known}")
+    if "preset" in overrides:
+        raise TypeError("preset is chosen with --preset (or --quick), not overridden as a setting")
+    return Settings(**{**preset_settings(preset), **overrides})
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -91,6 +208,21 @@ class BundleStage(Stage):
 
     def command(self, root: Path | None = None) -> list[str]:
         return _bundles.bundle_command(self.bundle, self.config_files, root or self.root, self.overrides)
+
+
+@dataclasses.dataclass(kw_only=True)
+class BankStage(Stage):
+    """The build of the pre-training bank at the experiment's spacing from the five subjects' label maps."""
+
+    subjects: Path
+    spacing: float
+    bank_file: str
+
+    def command(self, root: Path | None = None) -> list[str]:
+        label_maps, class_map = str(self.subjects / BANK_LABEL_MAPS), str(self.subjects / BANK_CLASS_MAP)
+        out = str((root or self.root) / self.bank_file)
+        command = [sys.executable, "-m", "synth_transforms", "bank", "build", "--label_maps", label_maps]
+        return command + ["--class_map", class_map, "--spacing", str(self.spacing), "--out", out]
 
 
 def warmup_steps(iterations: int) -> int:
@@ -106,60 +238,112 @@ def epoch_plan(iterations: int, epoch_length: int = 100) -> tuple[int, int]:
     return iterations // length, length
 
 
+def curve_points(iterations: int, points: int) -> list[int]:
+    """The iterations after which a run with ``points`` evenly spaced validation rounds validates."""
+    return [iterations // points * (k + 1) for k in range(points)] if points else []
+
+
 def write_datalist(dataset_dir: Path, path: Path, val_cases: int | None) -> Path:
     """The dataset's fixed split, with the validation list cut to ``val_cases`` when given."""
+    write_json_atomic(path, read_datalist(dataset_dir, val_cases))
+    return path
+
+
+def read_datalist(dataset_dir: Path, val_cases: int | None) -> dict:
+    """The dataset's fixed split (``training``, ``validation`` cut to ``val_cases``) from its ``dataset.json``."""
     datalist = read_json(dataset_dir / "dataset.json", "Decathlon dataset.json")
     for split in ("training", "validation"):
         if not datalist.get(split):
             raise ValueError(f"{dataset_dir / 'dataset.json'}: expected a non-empty {split!r} list")
-    split = {"training": datalist["training"], "validation": datalist["validation"][:val_cases]}
-    write_json_atomic(path, split)
-    return path
+    return {"training": datalist["training"], "validation": datalist["validation"][:val_cases]}
+
+
+def bank_stages(s: Settings, out: Path, subjects: Path = BANK_SUBJECTS) -> list[BankStage]:
+    """The bank build at ``pretrain_spacing``, or nothing when pre-training uses the bundle's default bank."""
+    if s.bank_file is None:
+        return []
+    return [BankStage("bank", out / "bank", [s.bank_file], subjects=subjects, spacing=s.pretrain_spacing,
+                      bank_file=s.bank_file)]  # fmt: skip
 
 
 def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
-    """The two pre-trainings, identical but for the data (``primitives.json``)."""
+    """The two pre-trainings, identical but for the data (``primitives.json``; primitive solids are sized in
+    fractions of the patch, so only their recorded spacing follows the bank's)."""
     overrides = {
         "device": s.device, "feature_size": s.feature_size, "patch_size": [s.pretrain_patch] * 3,
         "batch_size": s.pretrain_batch, "num_workers": s.pretrain_workers,
-        "num_iterations": s.pretrain_iterations, "iterations_per_epoch": min(500, s.pretrain_iterations),
-        "warmup_steps": warmup_steps(s.pretrain_iterations), "learning_rate": s.learning_rate,
-        "num_val_samples": s.pretrain_val_samples, "use_checkpoint": s.use_checkpoint, "amp_dtype": s.amp_dtype,
-        "export_encoder_dtype": "float16", "progress_bar": False,
+        "num_iterations": s.pretrain_iterations,
+        "iterations_per_epoch": s.pretrain_iterations // s.pretrain_val_points,
+        "warmup_steps": s.pretrain_warmup if s.pretrain_warmup is not None else warmup_steps(s.pretrain_iterations),
+        "learning_rate": s.pretrain_learning_rate, "num_val_samples": s.pretrain_val_samples,
+        "use_checkpoint": s.use_checkpoint, "amp_dtype": s.amp_dtype, "export_encoder_dtype": "float16",
+        "progress_bar": False,
     }  # fmt: skip
+    needs, by_kind = [], {kind: {} for kind in PRETRAIN_CONFIG_FILES}
+    if s.bank_file is not None:
+        overrides["bank"] = str(out / "bank" / s.bank_file)
+        by_kind["primitives"] = {"synth#spacing": s.pretrain_spacing}
+        needs = ["bank"]
     return [
         BundleStage(
             f"pretrain_{kind}",
             out / "pretrain" / kind,
             [f"models/{ENCODER}"],
-            [],
+            list(needs),
             s.pretrain_iterations,
             bundle=_bundles.PRETRAIN,
             config_files=list(files),
-            overrides=dict(overrides),
+            overrides={**overrides, **by_kind[kind]},
         )  # fmt: skip
         for kind, files in PRETRAIN_CONFIG_FILES.items()
     ]
 
 
+def finetune_schedule(s: Settings) -> dict:
+    """Epochs, epoch length and validation interval of every fine-tuning: validation rounds only for the learning
+    curve (``finetune_val_points``), none otherwise (an interval past the last epoch)."""
+    if s.finetune_val_points:
+        epoch_length = s.finetune_iterations // s.finetune_val_points
+        return {"max_epochs": s.finetune_val_points, "epoch_length": epoch_length, "val_interval": 1}
+    max_epochs, epoch_length = epoch_plan(s.finetune_iterations)
+    return {"max_epochs": max_epochs, "epoch_length": epoch_length, "val_interval": max_epochs + 1}
+
+
+def rotation_override(patch: Sequence[int]) -> dict:
+    """Overrides keeping the fine-tuning's random 90-degree rotation shape-preserving for a non-cubic patch.
+
+    ``RandRotate90d`` turns the crop in the plane of ``spatial_axes`` (default: axes 0 and 1); when those axes differ
+    in size the rotated crop has another shape and a batch of crops cannot be stacked. Rotate in a plane whose two
+    sides are equal instead, or not at all when no two sides are.
+    """
+    if patch[0] == patch[1]:
+        return {}
+    transforms = read_json(_bundles.config_dir(_bundles.FINETUNE) / "train.json", "fine-tuning config")
+    targets = [t.get("_target_") if isinstance(t, dict) else None for t in transforms["train"]["random_transforms"]]
+    if "RandRotate90d" not in targets:
+        return {}
+    key = f"train#random_transforms#{targets.index('RandRotate90d')}"
+    pairs = [axes for axes in ((0, 2), (1, 2)) if patch[axes[0]] == patch[axes[1]]]
+    return {f"{key}#spatial_axes": list(pairs[0])} if pairs else {f"{key}#prob": 0.0}
+
+
 def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -> list[BundleStage]:
     """Per regime, arm and seed: a fine-tuning (one recipe in every arm) and the evaluation of its final weights."""
-    max_epochs, epoch_length = epoch_plan(s.finetune_iterations)
     data = {"device": s.device, "dataset_dir": str(dataset_dir), "datalist": str(datalist)}
-    network = {"feature_size": s.feature_size, "patch_size": [s.finetune_patch] * 3, "amp_dtype": s.amp_dtype}
+    network = {"feature_size": s.feature_size, "patch_size": list(s.finetune_patch), "amp_dtype": s.amp_dtype}
     loading = {"num_workers": s.finetune_workers, "cache_rate": s.cache_rate}
+    warmup = s.finetune_warmup if s.finetune_warmup is not None else warmup_steps(s.finetune_iterations)
     stages = []
     for regime, num_cases in s.regimes.items():
         for arm in ARMS:
-            for seed in s.seeds:
+            for seed in s.regime_seeds(regime):
                 name = f"{regime}_{arm}_seed{seed}"
                 root = out / "finetune" / name
                 overrides = {
                     **data, **network, **loading, "seed": seed, "subset_seed": s.subset_seed,
                     "num_train_cases": num_cases, "batch_size": s.finetune_batch, "num_samples": 1,
-                    "max_epochs": max_epochs, "epoch_length": epoch_length, "val_interval": max_epochs + 1,
-                    "warmup_steps": warmup_steps(s.finetune_iterations), "learning_rate": s.learning_rate,
-                    "use_checkpoint": s.use_checkpoint,
+                    **finetune_schedule(s), "warmup_steps": warmup, "learning_rate": s.finetune_learning_rate,
+                    "use_checkpoint": s.use_checkpoint, **rotation_override(s.finetune_patch),
                 }  # fmt: skip
                 needs = []
                 if arm != "scratch":
@@ -181,6 +365,13 @@ def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -
     return stages
 
 
-def plan_stages(settings: Settings, out: Path, dataset_dir: Path, datalist: Path) -> list[BundleStage]:
-    """All stages in run order: two pre-trainings, then per regime, arm and seed a fine-tuning and its evaluation."""
-    return pretrain_stages(settings, out) + finetune_stages(settings, out, dataset_dir, datalist)
+def plan_stages(
+    settings: Settings, out: Path, dataset_dir: Path, datalist: Path, bank_subjects: Path = BANK_SUBJECTS
+) -> list[Stage]:
+    """All stages in run order: the bank build (when pre-training has its own spacing), two pre-trainings, then per
+    regime, arm and seed a fine-tuning and its evaluation."""
+    return (
+        bank_stages(settings, out, bank_subjects)
+        + pretrain_stages(settings, out)
+        + finetune_stages(settings, out, dataset_dir, datalist)
+    )

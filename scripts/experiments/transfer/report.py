@@ -1,21 +1,26 @@
-"""Results of the transfer experiment: Dice per class from MONAI's metric files, one summary dictionary, and the
-Markdown page (table per regime and arm, settings, wall time and command of every stage)."""
+"""Results of the transfer experiment: Dice per class from MONAI's metric files, statistics over seeds, learning
+curves, one summary dictionary, and the Markdown page (tables per regime and arm, paired differences with bootstrap
+intervals, learning curves, settings, wall time and command of every stage)."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.runner import Stage, read_record, utc_now
-from experiments.transfer.plan import ARMS, Settings
+from experiments.transfer.curves import collect_curves, seed_average, write_curve_png
+from experiments.transfer.plan import ARMS, PRETRAIN_CONFIG_FILES, Settings
+from experiments.transfer.stats import regime_statistics
 from synth_transforms.io import atomic_path, read_json, write_json_atomic
 from synth_transforms.machine import device_name, machine_facts
 
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
+FIGURES = {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}  # written beside results.json
 
 
 def read_dice(csv_path: Path) -> dict[str, float]:
@@ -32,7 +37,8 @@ def read_dice(csv_path: Path) -> dict[str, float]:
 
 def few_shot_cases(out: Path, settings: Settings) -> list[str] | None:
     """Names of the few-shot training cases, as recorded by the first few-shot fine-tuning (None before it ran)."""
-    record = out / "finetune" / f"few_shot_scratch_seed{settings.seeds[0]}" / "runs" / "train_cases.json"
+    seed = settings.regime_seeds("few_shot")[0]
+    record = out / "finetune" / f"few_shot_scratch_seed{seed}" / "runs" / "train_cases.json"
     if not record.is_file():
         return None
     return [Path(case["image"]).name.removesuffix(".nii.gz") for case in read_json(record, "case record")["training"]]
@@ -43,28 +49,53 @@ def device_description(device: str) -> str:
     return f"{device_name(device)}; Python {facts['python']}, torch {facts['torch']}, MONAI {facts['monai']}"
 
 
-def summarise(settings: Settings, out: Path, stages: Sequence[Stage], labels: dict[str, str]) -> dict:
-    """Collect every finished evaluation and stage record into one results dictionary."""
-    records = {s.name: record for s in stages if (record := read_record(out, s.name)) is not None}
+def collect_dice(settings: Settings, out: Path) -> dict:
+    """``{regime: {arm: {seed: read_dice(...)}}}`` of every finished evaluation."""
     results: dict[str, dict] = {}
     for regime in settings.regimes:
         for arm in ARMS:
             runs = {}
-            for seed in settings.seeds:
+            for seed in settings.regime_seeds(regime):
                 metrics = out / "evaluate" / f"{regime}_{arm}_seed{seed}" / "metrics" / "val_mean_dice_raw.csv"
                 if metrics.is_file():
                     runs[seed] = read_dice(metrics)
             if runs:
                 results.setdefault(regime, {})[arm] = runs
+    return results
+
+
+def dice_classes(results: dict) -> list[str]:
+    """The class columns of the first run in ``results`` (every run has the same)."""
+    for arms in results.values():
+        for runs in arms.values():
+            for run in runs.values():
+                return [key for key in run if key not in NOT_CLASSES]
+    return []
+
+
+def summarise(settings: Settings, out: Path, stages: Sequence[Stage], labels: dict[str, str]) -> dict:
+    """Collect every finished evaluation, learning curve and stage record into one results dictionary, with the
+    statistics over seeds (mean +- std per arm and class, paired differences with bootstrap intervals)."""
+    records = {s.name: record for s in stages if (record := read_record(out, s.name)) is not None}
+    results = collect_dice(settings, out)
+    classes = dice_classes(results)
+    regimes = {regime: settings.regime_seeds(regime) for regime in settings.regimes}
     return {
+        "preset": settings.preset,
         "settings": dataclasses.asdict(settings),
         "few_shot_cases": few_shot_cases(out, settings),
         "class_names": labels,
         "results": results,
+        "statistics": {regime: regime_statistics(arms, classes) for regime, arms in results.items()},
+        "curves": collect_curves(out, regimes, ARMS, list(PRETRAIN_CONFIG_FILES)),
         "stages": records,
         "device": device_description(settings.device),
         "written": utc_now(),
     }
+
+
+def fmt(value: float | None, sign: bool = False) -> str:
+    return "" if value is None else f"{value:+.4f}" if sign else f"{value:.4f}"
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -88,8 +119,7 @@ def results_table(summary: dict) -> list[str]:
     arms_by_regime = summary["results"]
     if not arms_by_regime:
         return []
-    first_run = next(iter(next(iter(next(iter(arms_by_regime.values())).values())).values()))
-    classes = [key for key in first_run if key not in NOT_CLASSES]
+    classes = dice_classes(arms_by_regime)
     names = [class_title(c, summary["class_names"]) for c in classes]
     header = ["regime", "arm", "seeds", *(f"Dice {name}" for name in names), "mean Dice", "Δ mean vs scratch"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -105,8 +135,128 @@ def results_table(summary: dict) -> list[str]:
     return lines
 
 
-def results_markdown(summary: dict) -> str:
+def ci_text(difference: dict) -> str:
+    return "n/a (one seed)" if difference["ci95"] is None else "[{:+.4f}, {:+.4f}]".format(*difference["ci95"])
+
+
+def differences_table(summary: dict) -> list[str]:
+    """Markdown rows per regime and comparison: the paired per-seed differences of the mean Dice (and per class),
+    their mean ± std and 95 % bootstrap interval."""
+    rows = []
+    for regime, stats in summary.get("statistics", {}).items():
+        for comparison, per_key in stats["differences"].items():
+            mean = per_key["mean"]
+            pairs = zip(mean["seeds"], mean["differences"], strict=True)
+            per_seed = ", ".join(f"{seed}: {d:+.4f}" for seed, d in pairs)
+            classes = "; ".join(
+                f"{class_title(key, summary['class_names'])} {fmt(d['mean'], sign=True)} {ci_text(d)}"
+                for key, d in per_key.items()
+                if key != "mean" and d is not None
+            )
+            spread = "" if mean["std"] is None else f" ± {mean['std']:.4f}"
+            cells = [regime, comparison, str(mean["n"]), per_seed, f"{mean['mean']:+.4f}{spread}", ci_text(mean)]
+            cells.append(classes)
+            rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = ["regime", "difference", "seeds", "per seed", "mean ± std", "95 % bootstrap CI", "per class (CI)"]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
+
+
+def bootstrap_note(summary: dict) -> str:
+    """What the intervals are, and how coarse they are with the seeds at hand."""
+    statistics_ = summary.get("statistics", {}).values()
+    sizes = sorted({d["mean"]["n"] for stats in statistics_ for d in stats["differences"].values()})
+    if not sizes:
+        return ""
+    boot = next(iter(summary["statistics"].values()))["bootstrap"]
+    note = (
+        f"Differences are paired by fine-tuning seed (same seed: same subset, crops and initialisation of the "
+        f"decoder). The interval is a percentile bootstrap of the mean difference over seeds ({boot['resamples']} "
+        f"resamples, generator seed {boot['seed']})."
+    )
+    if sizes[0] < 10:
+        note += (
+            f" With {' or '.join(map(str, sizes))} seeds it is coarse: it resamples so few values that it understates "
+            "the uncertainty, so an interval that excludes 0 is a hint, not proof."
+        )
+    return note
+
+
+def curve_tables(summary: dict) -> list[str]:
+    """Markdown tables of the learning curves: synthetic validation Dice of each pre-training, and validation Dice
+    of the fine-tunings (mean ± std over seeds) at each recorded round."""
+    curves, lines = summary.get("curves", {}), []
+    if curves.get("pretrain"):
+        lines += ["Pre-training, synthetic validation Dice (mean over the classes present):", ""]
+        lines += ["| arm | " + " | ".join(["iteration: Dice"]) + " |", "|---|---|"]
+        for kind, rounds in curves["pretrain"].items():
+            lines.append(f"| {kind} | " + ", ".join(f"{p['iteration']}: {p['mean']:.3f}" for p in rounds) + " |")
+        lines.append("")
+    for regime, arms in curves.get("finetune", {}).items():
+        lines += [f"Fine-tuning ({regime}), Dice on the validation cases during training (reported only):", ""]
+        lines += ["| arm | seeds | iteration: Dice mean ± std |", "|---|---|---|"]
+        for arm, runs in arms.items():
+            points = ", ".join(
+                f"{i}: {m:.3f}" + ("" if sd is None else f" ± {sd:.3f}") for i, m, sd, _ in seed_average(runs)
+            )
+            lines.append(f"| {arm} | {','.join(map(str, runs))} | {points} |")
+        lines.append("")
+    return lines
+
+
+def write_figures(summary: dict, out: Path) -> dict[str, str]:
+    """The learning-curve PNGs beside ``results.json`` (fine-tuning: one panel per regime, one line per arm, mean ±
+    std over seeds; pre-training: one line per arm): ``{kind: file name}`` of those written."""
+    curves, written = summary.get("curves", {}), {}
+    panels = {
+        "finetune": {regime: {arm: seed_average(runs) for arm, runs in arms.items()}
+                     for regime, arms in curves.get("finetune", {}).items()},
+        "pretrain": {"synthetic pre-training": {kind: [(p["iteration"], p["mean"], None) for p in rounds]
+                                                for kind, rounds in curves.get("pretrain", {}).items()}},
+    }  # fmt: skip
+    labels = {"finetune": "validation Dice (mean over seeds)", "pretrain": "synthetic validation Dice"}
+    for kind, figure in panels.items():
+        if any(figure.values()) and write_curve_png(out / FIGURES[kind], figure, labels[kind]) is not None:
+            written[kind] = FIGURES[kind]
+    return written
+
+
+def settings_lines(summary: dict) -> list[str]:
     s = summary["settings"]
+    precision = "fp32" if s["device"] == "cpu" else f"AMP {s['amp_dtype']}"
+    bank = "the default bank (1.5 mm)" if s["pretrain_spacing"] is None else f"a bank at {s['pretrain_spacing']} mm"
+    side = s["pretrain_patch"] * (1.5 if s["pretrain_spacing"] is None else s["pretrain_spacing"])
+    warmup = "10 %" if s["pretrain_warmup"] is None else s["pretrain_warmup"]
+    fine_warmup = "10 %" if s["finetune_warmup"] is None else s["finetune_warmup"]
+    all_seeds = s["seeds"] if s["all_seeds"] is None else s["all_seeds"]
+    patch = "x".join(map(str, s["finetune_patch"]))
+    return [
+        f"- preset `{summary.get('preset', s.get('preset'))}`, device {s['device']}, {precision}, SwinUNETR "
+        f"feature_size {s['feature_size']}",
+        f"- pre-training (both arms alike): {s['pretrain_patch']}^3 patches from {bank} ({side:g} mm a side), batch "
+        f"{s['pretrain_batch']}, {s['pretrain_iterations']} iterations, lr {s['pretrain_learning_rate']} (AdamW, "
+        f"warm-up {warmup}, cosine), {s['pretrain_val_points']} synthetic validation rounds of "
+        f"{s['pretrain_val_samples']} samples",
+        f"- fine-tuning (every arm alike): {patch} patches, batch {s['finetune_batch']}, {s['finetune_iterations']} "
+        f"iterations, lr {s['finetune_learning_rate']} (warm-up {fine_warmup}, cosine), encoder transfer; "
+        f"few-shot = {s['few_shot_cases']} training cases (subset seed {s['subset_seed']}: "
+        f"{', '.join(summary['few_shot_cases'] or ['not run yet'])}), seeds {list(s['seeds'])}; all = the whole "
+        f"training split, seeds {list(all_seeds)}; {s['finetune_val_points']} validation rounds for the learning "
+        "curve (reported only)",
+        f"- evaluation: {'all' if s['val_cases'] is None else s['val_cases']} validation cases, final weights of "
+        f"each run, sliding window ({patch}), Dice per class on the original grid",
+    ]
+
+
+def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Path | None = None) -> str:
+    """The results page; figures are linked relative to ``doc_dir`` (the page's folder) from ``figures_dir``."""
+    figures = summary.get("figures", {})
+    links = []
+    for kind, name in figures.items():
+        target = Path(figures_dir or ".") / name
+        link = os.path.relpath(target, doc_dir) if doc_dir and figures_dir else name
+        links += [f"![{kind} learning curve]({link})", ""]
     lines = [
         "# Transfer experiment results",
         "",
@@ -116,17 +266,19 @@ def results_markdown(summary: dict) -> str:
         "",
         *results_table(summary),
         "",
+        "## Paired differences between arms",
+        "",
+        *differences_table(summary),
+        "",
+        bootstrap_note(summary),
+        "",
+        "## Learning curves",
+        "",
+        *curve_tables(summary),
+        *links,
         "## Settings",
         "",
-        f"- pre-training: SwinUNETR feature_size {s['feature_size']}, {s['pretrain_patch']}^3 patches, batch "
-        f"{s['pretrain_batch']}, {s['pretrain_iterations']} iterations, AMP {s['amp_dtype']} on CUDA, "
-        f"lr {s['learning_rate']}",
-        f"- fine-tuning: {s['finetune_patch']}^3 patches, batch {s['finetune_batch']}, {s['finetune_iterations']} "
-        f"iterations per arm, encoder transfer, seeds {s['seeds']}; few-shot = {s['few_shot_cases']} training cases "
-        f"(subset seed {s['subset_seed']}: {', '.join(summary['few_shot_cases'] or ['not run yet'])}), "
-        "all = the whole training split",
-        f"- evaluation: {'all' if s['val_cases'] is None else s['val_cases']} validation cases, sliding window, "
-        "Dice per class on the original grid",
+        *settings_lines(summary),
         "",
         "## Stages",
         "",
@@ -142,9 +294,11 @@ def results_markdown(summary: dict) -> str:
 
 
 def write_results(summary: dict, out: Path, results_doc: str | None = None) -> None:
-    """``results.json`` and ``results.md`` in ``out``, and the Markdown also to ``results_doc`` when given."""
+    """The learning-curve PNGs, ``results.json`` and ``results.md`` in ``out``, and the Markdown also to
+    ``results_doc`` when given (its figure links relative to it)."""
+    summary["figures"] = write_figures(summary, out)
     write_json_atomic(out / "results.json", summary)
     targets = [out / "results.md"] + ([Path(results_doc)] if results_doc else [])
     for target in targets:
         with atomic_path(target) as tmp:
-            Path(tmp).write_text(results_markdown(summary))
+            Path(tmp).write_text(results_markdown(summary, target.resolve().parent, out.resolve()))
