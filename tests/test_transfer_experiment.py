@@ -133,13 +133,12 @@ def test_cpu_plan_builds_its_bank_and_keeps_one_recipe(tmp_path, hippocampus_dir
     assert (tune["max_epochs"], tune["val_interval"]) == (cpu.finetune_val_points, 1)  # the learning curve's rounds
     assert tune["max_epochs"] * tune["epoch_length"] == cpu.finetune_iterations
     # a 32x64x32 crop turned in the plane of axes 0 and 1 becomes 64x32x32 and cannot be batched with the others
-    (rotation,) = [key for key in tune if key.endswith("#spatial_axes")]
-    assert tune[rotation] == [0, 2] and rotation.startswith("train#random_transforms#")
+    assert tune["rotate90_axes"] == [0, 2]
     config = json.loads((_bundles.config_dir("swin_unetr_finetune") / "train.json").read_text())
-    index = int(rotation.split("#")[2])
-    assert config["train"]["random_transforms"][index]["_target_"] == "RandRotate90d"
+    (rotate,) = [t for t in config["train"]["random_transforms"] if t["_target_"] == "RandRotate90d"]
+    assert (rotate["spatial_axes"], rotate["prob"]) == ("@rotate90_axes", "@rotate90_prob")  # the keys reach it
     assert plan.rotation_override((64, 64, 32)) == {}  # axes 0 and 1 equal: the bundle's own rotation
-    assert plan.rotation_override((32, 64, 96)) == {rotation.replace("spatial_axes", "prob"): 0.0}  # no equal sides
+    assert plan.rotation_override((32, 64, 96)) == {"rotate90_prob": 0.0}  # no two equal sides
     assert "finetune_all_anatomy_seed1" not in by_name and "finetune_all_anatomy_seed0" in by_name
     evaluation = by_name["evaluate_few_shot_anatomy_seed4"].overrides
     assert evaluation["patch_size"] == [32, 64, 32]  # the sliding window's roi_size is @patch_size

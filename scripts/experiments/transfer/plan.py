@@ -312,19 +312,14 @@ def finetune_schedule(s: Settings) -> dict:
 def rotation_override(patch: Sequence[int]) -> dict:
     """Overrides keeping the fine-tuning's random 90-degree rotation shape-preserving for a non-cubic patch.
 
-    ``RandRotate90d`` turns the crop in the plane of ``spatial_axes`` (default: axes 0 and 1); when those axes differ
+    ``RandRotate90d`` turns the crop in the plane of ``rotate90_axes`` (default: axes 0 and 1); when those axes differ
     in size the rotated crop has another shape and a batch of crops cannot be stacked. Rotate in a plane whose two
     sides are equal instead, or not at all when no two sides are.
     """
     if patch[0] == patch[1]:
         return {}
-    transforms = read_json(_bundles.config_dir(_bundles.FINETUNE) / "train.json", "fine-tuning config")
-    targets = [t.get("_target_") if isinstance(t, dict) else None for t in transforms["train"]["random_transforms"]]
-    if "RandRotate90d" not in targets:
-        return {}
-    key = f"train#random_transforms#{targets.index('RandRotate90d')}"
     pairs = [axes for axes in ((0, 2), (1, 2)) if patch[axes[0]] == patch[axes[1]]]
-    return {f"{key}#spatial_axes": list(pairs[0])} if pairs else {f"{key}#prob": 0.0}
+    return {"rotate90_axes": list(pairs[0])} if pairs else {"rotate90_prob": 0.0}
 
 
 def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -> list[BundleStage]:
