@@ -256,6 +256,36 @@ def test_failed_stage_names_itself_and_leaves_no_output(tmp_path):
     assert not silent.root.exists()
 
 
+def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_changed(tmp_path):
+    """A killed training stage keeps its partial folder for the next start with the same command and prerequisites;
+    a stage that is not resumable, or whose command changed, starts afresh."""
+    code = (
+        "import pathlib, sys; root = pathlib.Path(sys.argv[1]); progress = root / 'progress.txt'\n"
+        "done = int(progress.read_text()) if progress.exists() else 0\n"
+        "progress.write_text(str(done + 1))\n"
+        "sys.exit(1) if done == 0 else (root / 'out.txt').write_text(str(done + 1))"
+    )  # the first attempt 'dies' after one step; a resumed second attempt finishes at step 2
+    stage = python_stage("train", tmp_path / "work" / "train", code, outputs=["out.txt"])
+    stage.resumable = True
+    with pytest.raises(RuntimeError, match="stage train failed"):
+        runner.StageRunner(tmp_path).run([stage], [stage])
+    runner.StageRunner(tmp_path).run([stage], [stage])
+    assert (stage.root / "out.txt").read_text() == "2"  # continued from the killed run's progress
+
+    other = python_stage("other", tmp_path / "work" / "other", code, outputs=["out.txt"])  # not resumable
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="stage other failed"):
+            runner.StageRunner(tmp_path).run([other], [other])  # restarts from nothing each time
+
+    changed = python_stage("changed", tmp_path / "work" / "changed", code, outputs=["out.txt"])
+    changed.resumable = True
+    with pytest.raises(RuntimeError):
+        runner.StageRunner(tmp_path).run([changed], [changed])
+    changed.code = code + "  # another command"
+    with pytest.raises(RuntimeError):
+        runner.StageRunner(tmp_path).run([changed], [changed])  # a different command does not resume
+
+
 def test_runner_orders_by_prerequisites_and_refuses_missing_ones(tmp_path):
     write = (
         "import pathlib, sys, time\ntime.sleep({})\npathlib.Path(sys.argv[1], 'out.txt').write_text(repr(time.time()))"

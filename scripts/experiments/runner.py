@@ -5,6 +5,9 @@ leave, so a failed or killed stage leaves nothing that looks finished. Each run 
 ``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``.
 A stage is done when its record says it succeeded, its files exist and no prerequisite finished after it started;
 ``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
+A ``resumable`` stage (a training that continues from its own checkpoints) keeps the ``.partial`` folder of a killed
+run when it is started again with the same command and the same prerequisites, so it continues instead of
+restarting; any other change starts it afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 from synth_transforms.io import read_json, write_json_atomic
 
+RESUME_KEY = "stage_key.json"  # in a partial folder: the command and prerequisites it was started with
+
 
 @dataclasses.dataclass
 class Stage:
@@ -32,6 +37,7 @@ class Stage:
     outputs: list[str] = dataclasses.field(default_factory=list)
     needs: list[str] = dataclasses.field(default_factory=list)
     iterations: int | None = None  # recorded with the wall time, for reports
+    resumable: bool = False  # its command continues from what a killed run left in its partial folder
 
     def command(self, root: Path | None = None) -> list[str]:
         """The command filling ``root`` (default: the stage's folder)."""
@@ -94,9 +100,14 @@ class StageRunner:
 
     def start(self, stage: Stage) -> RunningStage:
         partial = stage.root.with_name(stage.root.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        print(f"[{utc_now()}] start {stage.name}", flush=True)
+        key = {"command": stage.command(partial), "needs": {n: read_record(self.out, n) for n in stage.needs}}
+        key_file = partial / RESUME_KEY
+        resuming = stage.resumable and key_file.is_file() and read_json(key_file, "resume key") == key
+        if not resuming:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            write_json_atomic(key_file, key)
+        print(f"[{utc_now()}] {'resume' if resuming else 'start'} {stage.name}", flush=True)
         with open(self.log_path(stage), "w") as log:
             process = subprocess.Popen(
                 stage.command(partial), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out

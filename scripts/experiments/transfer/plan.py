@@ -277,7 +277,7 @@ def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
         "warmup_steps": s.pretrain_warmup if s.pretrain_warmup is not None else warmup_steps(s.pretrain_iterations),
         "learning_rate": s.pretrain_learning_rate, "num_val_samples": s.pretrain_val_samples,
         "use_checkpoint": s.use_checkpoint, "amp_dtype": s.amp_dtype, "export_encoder_dtype": "float16",
-        "progress_bar": False,
+        "progress_bar": False, "resume": True,
     }  # fmt: skip
     needs, by_kind = [], {kind: {} for kind in PRETRAIN_CONFIG_FILES}
     if s.bank_file is not None:
@@ -291,6 +291,7 @@ def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
             [f"models/{ENCODER}"],
             list(needs),
             s.pretrain_iterations,
+            resumable=True,
             bundle=_bundles.PRETRAIN,
             config_files=list(files),
             overrides={**overrides, **by_kind[kind]},
@@ -338,14 +339,14 @@ def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -
                     **data, **network, **loading, "seed": seed, "subset_seed": s.subset_seed,
                     "num_train_cases": num_cases, "batch_size": s.finetune_batch, "num_samples": 1,
                     **finetune_schedule(s), "warmup_steps": warmup, "learning_rate": s.finetune_learning_rate,
-                    "use_checkpoint": s.use_checkpoint, **rotation_override(s.finetune_patch),
+                    "use_checkpoint": s.use_checkpoint, **rotation_override(s.finetune_patch), "resume": True,
                 }  # fmt: skip
                 needs = []
                 if arm != "scratch":
                     overrides |= {"pretrained": str(out / "pretrain" / arm / "models" / ENCODER), "transfer": "encoder"}
                     needs = [f"pretrain_{arm}"]
                 tune = BundleStage(
-                    f"finetune_{name}", root, ["models/model_final.pt"], needs, s.finetune_iterations,
+                    f"finetune_{name}", root, ["models/model_final.pt"], needs, s.finetune_iterations, resumable=True,
                     bundle=_bundles.FINETUNE, config_files=list(FINETUNE_CONFIG_FILES), overrides=overrides,
                 )  # fmt: skip
                 overrides = {
