@@ -145,6 +145,18 @@ def test_device_env_without_wheels_fails_clearly(tmp_path):
     assert ran.returncode == 1 and "source this file" in ran.stderr
 
 
+def test_gpu_run_wrapper_stops_before_the_call_without_wheels(tmp_path):
+    """``gpu_run.sh`` (the one device call) sources ``device_env.sh`` first: without wheels it stops there."""
+    (tmp_path / "scripts" / "device").mkdir(parents=True)
+    for name in ("device_env.sh", "gpu_run.sh"):
+        shutil.copy(REPO / "scripts" / "device" / name, tmp_path / "scripts" / "device")
+    subprocess.run(["bash", "-n", "scripts/device/gpu_run.sh"], cwd=tmp_path, check=True)
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    ran = subprocess.run(["bash", "scripts/device/gpu_run.sh"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert ran.returncode == 1 and "fetch_device_wheels.py here first" in ran.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # gpu_call.py never started (its log would be there)
+
+
 @pytest.fixture(scope="module")
 def downloaded(tmp_path_factory) -> tuple[Path, list[Path]]:
     """The carried wheels, really downloaded (as for the device) into a fresh folder holding an older termcolor."""
