@@ -1,14 +1,15 @@
 """Sequential, topology-checked placement of bank organs into a label patch.
 
 Organs are inserted one after another, parents and large organs first. For each: a shape from a randomly chosen
-subject, a random scale, rotation and smooth deformation, position = anchor + jitter. The candidate is rasterised
-only inside its bounding box in the patch and checked against everything already placed. A donor shape whose face
-was cut by the subject's field of view is used only where no voxel next to that face lands in the patch; elsewhere
-a complete shape of another subject, aligned to the donor shape's uncut faces, stands in for it. A candidate that
-breaks the topology graph is first moved: shifted copies within the anchor tolerance are tested in one vectorised
-pass and the nearest free one is checked in full; failing that, a new candidate with new jitter is drawn, up to
-``max_tries`` times, then the organ is skipped and recorded. Organs whose anchor cannot reach the patch are not
-processed at all.
+subject, a patch-wide scale and rotation (shared by all organs, so their layout holds) with a small own part and a
+smooth deformation, position = anchor + jitter. The candidate is rasterised only inside its bounding box in the patch
+and checked against everything already placed; the few voxels it would put on (or flush against) disjoint organs are
+clipped off. A donor shape cut by the field of view is used only where no voxel next to the cut face lands in the
+patch; elsewhere a complete shape of another subject, aligned to the donor shape's uncut faces, stands in for it. A
+candidate that breaks the topology graph is first moved: shifted copies within the anchor tolerance are tested in one
+vectorised pass and the nearest free one is checked in full; failing that, a new candidate with new jitter is drawn,
+up to ``max_tries`` times, then the organ is skipped and recorded. Organs whose anchor cannot reach the patch are
+left out.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from .placement_records import (
 )
 from .placement_search import (
     CUT_MARK,
+    Candidate,
     PreparedShape,
     Warp,
-    WarpParams,
     box_distance,
-    build_warp,
+    dilate,
+    disjoint_hits,
+    draw_shared_warp,
     draw_warp_params,
     field_of_view_box,
     free_candidates,
@@ -48,6 +51,7 @@ from .placement_search import (
     random_rotation,
     sample_shape,
     shift_grid,
+    split,
     stand_in_offset,
 )
 from .topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
@@ -57,13 +61,16 @@ __all__ = ["OrganPlacer", "PlacementRecord", "PlacedOrgan", "SkippedOrgan", "Vio
 _OUTSIDE = Violation.outside()
 _CUT = Violation.cut_face()
 _COLLISIONS = (DISJOINT_OVERLAP, ADJACENT_OVERLAP, INSIDE_FRACTION)
-# Shift search: at most this many candidate points (a strided subsample of the coarse candidate), shifts checked in
-# full per try, and the safety margin on the coarse estimates of the carve and inside fractions.
-_SEARCH_POINTS, _SEARCH_CHECKS, _SEARCH_MARGIN = 512, 1, 0.05
-_SEARCH_TRIES = 1  # the last try of an organ searches for a free shift (the search costs time)
-# Room (mm) kept between a patch and its donor's field-of-view edge by fit_center: jitter, scale, rotation and bend
-# move a donor shape's cut face by about this much, so it then stays outside the patch.
-_FOV_MARGIN_MM = 15.0
+# Shift search (on an organ's last try only: it costs time): at most this many candidate points, shifts checked in
+# full, and the safety margin on the coarse estimates of the carve and inside fractions.
+_SEARCH_POINTS, _SEARCH_CHECKS, _SEARCH_MARGIN, _SEARCH_TRIES = 512, 3, 0.05, 1
+_FOV_MARGIN_MM = 15.0  # room kept by fit_center between patch and donor FOV edge: about what the warp moves a cut face
+# Each organ's own scale and rotation, as a fraction of scale_range / rotation_deg, on top of the patch-wide warp
+# (0: organs turn and scale only with the whole patch).
+_OWN_WARP = 0.25
+# A candidate covering disjoint organs with at most this fraction of its voxels loses them (if it stays whole) instead
+# of being rejected; the coarse pass allows a margin over it for its sampling error.
+_CLIP_FRACTION, _COARSE_MARGIN = 0.1, 0.05
 
 
 class OrganPlacer:
@@ -76,8 +83,8 @@ class OrganPlacer:
         organs: organs to place (default: all of the bank's). Class ids stay the bank's.
         patch_size: label patch size in voxels (at the bank's spacing).
         jitter_scale: multiplies each anchor's spread; 0 places every organ exactly at its anchor.
-        scale_range: per-axis random scale factor range.
-        rotation_deg: largest random rotation about each axis, in degrees.
+        scale_range: per-axis random scale factor range (patch-wide; each organ adds a quarter of it of its own).
+        rotation_deg: largest random rotation about each axis, in degrees (patch-wide, plus a quarter per organ).
         deform_mm: amplitude of the smooth random deformation, in mm (0 disables it).
         max_tries: candidates tried per organ before it is skipped.
         max_carve_fraction: largest fraction of a new organ that may overlap adjacent organs (and is carved).
@@ -210,6 +217,9 @@ class OrganPlacer:
         elif donor not in self.bank.subjects:
             raise KeyError(f"donor subject {donor!r} is not in the shape bank; it has: {', '.join(self.bank.subjects)}")
         record.donor = donor
+        shared = draw_shared_warp(rng, self.scale_range, self.rotation_rad)
+        own_scale = tuple(1.0 + _OWN_WARP * (s - 1.0) for s in self.scale_range)
+        own_rotation = _OWN_WARP * self.rotation_rad
         for organ in self.order:
             cls_id = self.bank.class_id(organ)
             index = cls_id - 1
@@ -228,8 +238,8 @@ class OrganPlacer:
                 shape = self._pick_shape(organ, donor, rng, retry=tries > 1)
                 subject = donor if shape.subject == donor else None  # the donor's shape sits where the donor's did
                 pos, expected = self.anchors.sample(index, rng, self.jitter_scale * damping, placed_pos, subject)
-                params = draw_warp_params(rng, self.scale_range, self.rotation_rad, self.deform_vox, damping)
-                candidate = _Candidate(cls_id, shape, (pos - origin) / spacing, params, parents)
+                params = draw_warp_params(rng, own_scale, own_rotation, self.deform_vox, damping, shared)
+                candidate = Candidate(cls_id, shape, (pos - origin) / spacing, params, parents)
                 # integer shifts that keep the organ within its tolerance of the anchor
                 room = (
                     np.ceil((expected - tolerance - pos) / spacing),
@@ -271,7 +281,7 @@ class OrganPlacer:
 
     # ------------------------------------------------------------------ one candidate
     def _place(
-        self, canvas: torch.Tensor, candidate: _Candidate, room: tuple[np.ndarray, np.ndarray] | None, rng
+        self, canvas: torch.Tensor, candidate: Candidate, room: tuple[np.ndarray, np.ndarray] | None, rng
     ) -> tuple[Violation | None, int, int]:
         """Insert one candidate: as drawn, else by a complete stand-in where a cut face shows, else shifted.
 
@@ -300,7 +310,7 @@ class OrganPlacer:
         return (room is not None and self._shift(canvas, candidate, warp, room)) or result
 
     def _shift(
-        self, canvas: torch.Tensor, candidate: _Candidate, warp: Warp, room: tuple[np.ndarray, np.ndarray]
+        self, canvas: torch.Tensor, candidate: Candidate, warp: Warp, room: tuple[np.ndarray, np.ndarray]
     ) -> tuple[None, int, int] | None:
         """Move a colliding candidate to the nearest free spot within its anchor tolerance, or None.
 
@@ -343,17 +353,19 @@ class OrganPlacer:
         return None
 
     def _violation(
-        self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int]
+        self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int], clip: float = 0.0
     ) -> tuple[Violation | None, int, int]:
         """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones).
+
+        ``clip``: largest fraction of the candidate on disjoint organs that is clipped off it rather than rejected.
 
         Returns ``(violation or None, voxels to carve, voxels to overwrite)``.
         """
         codes = self.table[cls_id][existing]
         counts = torch.bincount(codes, minlength=5)
-        if counts[CODE_DISJOINT] > 0:
-            hit = torch.unique(existing[codes == CODE_DISJOINT]).tolist()
-            return Violation.disjoint([self.bank.organs[h - 1] for h in hit]), 0, 0
+        if counts[CODE_DISJOINT] > clip * n:
+            return Violation.disjoint(disjoint_hits(existing, self.table[cls_id], self.bank.organs)), 0, 0
+        n -= int(counts[CODE_DISJOINT])  # voxels clipped off are not the organ's
         carved = int(counts[CODE_CARVE] + counts[CODE_KEEP])
         if carved > self.max_carve_fraction * n:
             return Violation.adjacent_overlap(carved / n, self.max_carve_fraction), 0, 0
@@ -393,10 +405,10 @@ class OrganPlacer:
             coarse_hits = (coarse_view != 0) & coarse  # elementwise tests beat boolean-mask reads of a strided view
             if bool(coarse_hits.any()):
                 existing = coarse_view[coarse_hits].long()
-                n_coarse = int(coarse.sum())
-                violation = self._violation(existing, cls_id, max(n_coarse, 1), parents)[0]
-                # a disjoint hit is certain; an adjacent overlap estimated from every 8th voxel is trusted only
-                # when it is clearly over the limit and the organ is large enough for the estimate to be tight
+                n_coarse = max(int(coarse.sum()), 1)
+                violation = self._violation(existing, cls_id, n_coarse, parents, _CLIP_FRACTION + _COARSE_MARGIN)[0]
+                # a disjoint overlap clearly over the clip limit is certain; an adjacent overlap estimated from every
+                # 8th voxel is trusted only when clearly over the limit and the organ is large enough to be tight
                 if violation is not None and (
                     violation.kind == DISJOINT_OVERLAP or self._clearly_overcarved(existing, cls_id, n_coarse)
                 ):
@@ -416,10 +428,16 @@ class OrganPlacer:
             self._notify(cls_id, shape, warp, before, view, cand, parents)
             return None, 0, 0
         existing = view[hits].long()
-        violation, carved, overwritten = self._violation(existing, cls_id, n, parents)
+        violation, carved, overwritten = self._violation(existing, cls_id, n, parents, _CLIP_FRACTION)
         if violation is None:
-            keep = torch.zeros_like(hits)
+            keep, clipped = torch.zeros_like(hits), torch.zeros_like(hits)
             keep[hits] = ~self.writable[cls_id][existing]
+            clipped[hits] = self.table[cls_id][existing] == CODE_DISJOINT
+            if bool(clipped.any()):  # give up the voxels of disjoint organs and one more (not to end flush against
+                clipped = cand & dilate(clipped)  # an organ it never touches), if few and the organ stays whole
+                if int(clipped.sum()) > _CLIP_FRACTION * n or split(cand & ~clipped, cand):
+                    return Violation.disjoint(disjoint_hits(existing, self.table[cls_id], self.bank.organs)), 0, 0
+                cand = cand & ~clipped
             view.masked_fill_(cand & ~keep, cls_id)
             self._notify(cls_id, shape, warp, before, view, cand, parents)
         return violation, carved, overwritten
@@ -430,21 +448,3 @@ class OrganPlacer:
             insertion = Insertion(cls_id, warp.region, before, after, mask, tuple(parents), shape.source, crop_index)
             for observer in self.observers:
                 observer(insertion)
-
-
-class _Candidate:
-    """One drawn candidate: the shape, its warp parameters and where its centroid goes (patch voxels).
-
-    The centroid goes to ``position_vox + shift_vox + offset_vox``: the drawn organ position, the integer shift that
-    moved a colliding candidate, and a stand-in's offset from the cut donor shape it replaces.
-    """
-
-    def __init__(self, cls_id: int, shape: PreparedShape, position_vox: np.ndarray, params: WarpParams, parents):
-        self.cls_id, self.shape, self.params, self.parents = cls_id, shape, params, parents
-        self.position_vox = position_vox
-        self.shift_vox = np.zeros(3)
-        self.offset_vox = np.zeros(3)
-        self.stand_in = self.shifted = False
-
-    def warp(self, patch_size) -> Warp | None:
-        return build_warp(self.shape, self.position_vox + self.shift_vox + self.offset_vox, self.params, patch_size)

@@ -87,8 +87,9 @@ class PlacedOrgan:
 
     Attributes:
         organ: its name; ``class_id`` its bank class id; ``subject`` the subject whose shape was used.
-        position_mm: where its centroid went before the local scale, rotation and deformation (which pivot on the
-            organ point nearest the patch centre); for a stand-in (:attr:`PlacementRecord.stand_ins`), where the
+        position_mm: where its centroid went before the patch-wide scale and rotation (about the patch centre) and its
+            own scale, rotation and deformation (which pivot on the organ point nearest the patch centre); for a
+            stand-in (:attr:`PlacementRecord.stand_ins`), where the
             centroid of the donor shape it replaced went.
         expected_mm: its anchor; ``tolerance_mm`` the per-axis bound of the jitter around it.
         tries: candidates drawn, the accepted one included.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .bank import OrganShape
 from .topology import CODE_CARVE, CODE_DISJOINT, CODE_KEEP
@@ -24,17 +25,22 @@ from .topology import CODE_CARVE, CODE_DISJOINT, CODE_KEEP
 __all__ = [
     "CUT_BAND",
     "box_distance",
+    "dilate",
+    "disjoint_hits",
     "CUT_MARK",
+    "Candidate",
     "PreparedShape",
     "Warp",
     "WarpParams",
     "build_warp",
+    "draw_shared_warp",
     "draw_warp_params",
     "field_of_view_box",
     "prepare_shape",
     "random_rotation",
     "sample_shape",
     "shift_grid",
+    "split",
     "stand_in_offset",
     "free_candidates",
 ]
@@ -139,12 +145,19 @@ class WarpParams:
     amplitude: np.ndarray  # (3, 3) voxels: bend of crop axis k along patch axis m
     phase: np.ndarray  # (3, 3)
     margin: float  # voxels added around the mapped box for the bend
-    scale: np.ndarray  # the per-axis scale factors in ``forward``
+    scale: np.ndarray  # the organ's own per-axis scale factors in ``forward``
+    shared: np.ndarray | None = None  # the patch-wide linear map in ``forward``, about the patch centre
 
     def shrunk(self, factor: float) -> WarpParams:
         """The same warp with its scale multiplied by ``factor``."""
         return WarpParams(
-            self.forward * factor, self.inverse / factor, self.amplitude, self.phase, self.margin, self.scale * factor
+            self.forward * factor,
+            self.inverse / factor,
+            self.amplitude,
+            self.phase,
+            self.margin,
+            self.scale * factor,
+            self.shared,
         )
 
 
@@ -171,15 +184,35 @@ class Warp:
         return torch.stack(out)
 
 
+def draw_shared_warp(rng: np.random.RandomState, scale_range, rotation_rad: float) -> np.ndarray:
+    """A patch-wide random scale and rotation (3 x 3), applied about the patch centre to every organ of a patch.
+
+    Organs warped alike keep their mutual layout (the donor body seen turned and scaled), so they do not collide the
+    way organs turned and scaled each on its own do.
+    """
+    scale = rng.uniform(*scale_range, size=3)
+    return random_rotation(rng, rotation_rad) * scale[None, :]
+
+
 def draw_warp_params(
-    rng: np.random.RandomState, scale_range, rotation_rad: float, deform_vox: float, damping: float = 1.0
+    rng: np.random.RandomState,
+    scale_range,
+    rotation_rad: float,
+    deform_vox: float,
+    damping: float = 1.0,
+    shared: np.ndarray | None = None,
 ) -> WarpParams:
-    """Draw a random scale, rotation and deformation, shrunk towards the identity by ``damping`` in (0, 1]."""
+    """Draw a random scale, rotation and deformation, shrunk towards the identity by ``damping`` in (0, 1].
+
+    ``shared``: a patch-wide linear map (:func:`draw_shared_warp`) applied after them, about the patch centre.
+    """
     scale = 1.0 + damping * (rng.uniform(*scale_range, size=3) - 1.0)
     forward = random_rotation(rng, damping * rotation_rad) * scale[None, :]
+    if shared is not None:
+        forward = shared @ forward
     amplitude = rng.uniform(-1.0, 1.0, size=(3, 3)) * damping * deform_vox
     phase = rng.uniform(0, np.pi, size=(3, 3))
-    return WarpParams(forward, np.linalg.inv(forward), amplitude, phase, damping * deform_vox + 1, scale)
+    return WarpParams(forward, np.linalg.inv(forward), amplitude, phase, damping * deform_vox + 1, scale, shared)
 
 
 def build_warp(shape: PreparedShape, pos_vox: np.ndarray, params: WarpParams, patch_size) -> Warp | None:
@@ -190,6 +223,8 @@ def build_warp(shape: PreparedShape, pos_vox: np.ndarray, params: WarpParams, pa
     centre = (size_patch - 1) / 2
     pivot_crop = np.clip(shape.centroid + centre - pos_vox, 0, shape.dims - 1)
     pivot_vox = pos_vox + pivot_crop - shape.centroid
+    if params.shared is not None:  # the patch-wide map moves the organ as part of the whole layout
+        pivot_vox = centre + params.shared @ (pivot_vox - centre)
     corners = np.array(np.meshgrid(*[[0.0, d - 1.0] for d in shape.dims], indexing="ij")).reshape(3, -1)
     mapped = params.forward @ (corners - pivot_crop[:, None]) + pivot_vox[:, None]
     lo = np.maximum(np.floor(mapped.min(axis=1) - params.margin), 0).astype(int)
@@ -247,8 +282,27 @@ def random_rotation(rng: np.random.RandomState, max_angle: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+class Candidate:
+    """One drawn candidate: the shape, its warp parameters and where its centroid goes (patch voxels).
+
+    The centroid goes to ``position_vox + shift_vox + offset_vox``: the drawn organ position, the integer shift that
+    moved a colliding candidate, and a stand-in's offset from the cut donor shape it replaces.
+    """
+
+    def __init__(self, cls_id: int, shape: PreparedShape, position_vox: np.ndarray, params: WarpParams, parents):
+        self.cls_id, self.shape, self.params, self.parents = cls_id, shape, params, parents
+        self.position_vox = position_vox
+        self.shift_vox = np.zeros(3)
+        self.offset_vox = np.zeros(3)
+        self.stand_in = self.shifted = False
+
+    def warp(self, patch_size) -> Warp | None:
+        """The warp of the candidate where it now stands (None: it cannot touch the patch)."""
+        return build_warp(self.shape, self.position_vox + self.shift_vox + self.offset_vox, self.params, patch_size)
+
+
 # ---------------------------------------------------------------------------------------------- shifts
-def shift_grid(low: np.ndarray, high: np.ndarray, per_axis: int = 5, limit: int = 32) -> torch.Tensor:
+def shift_grid(low: np.ndarray, high: np.ndarray, per_axis: int = 5, limit: int = 124) -> torch.Tensor:
     """Integer voxel shifts in the box ``[low, high]`` (per axis, containing 0), nearest first, 0 itself excluded.
 
     At most ``per_axis`` values per axis (0 and both ends always among them) and ``limit`` shifts in all.
@@ -305,3 +359,21 @@ def free_candidates(
 def box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     """Euclidean distance from a point to an axis-aligned box (0 inside)."""
     return float(np.linalg.norm(np.maximum(np.maximum(lo - point, point - hi), 0.0)))
+
+
+def dilate(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` grown by one voxel in every direction (26-neighbourhood), same shape."""
+    grown = torch.nn.functional.max_pool3d(mask[None, None].to(torch.float32), 3, stride=1, padding=1)
+    return grown[0, 0].bool()
+
+
+def split(clipped: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether ``clipped`` (a part of ``mask``) falls into more 26-connected pieces than ``mask``."""
+    structure = np.ones((3, 3, 3), dtype=bool)
+    return ndimage.label(clipped.numpy(), structure)[1] > ndimage.label(mask.numpy(), structure)[1]
+
+
+def disjoint_hits(existing: torch.Tensor, codes: torch.Tensor, organs) -> list[str]:
+    """Names of the organs among the labels ``existing`` that the new organ (relation code row ``codes``) must avoid."""
+    hit = torch.unique(existing[codes[existing] == CODE_DISJOINT]).tolist()
+    return [organs[h - 1] for h in hit]

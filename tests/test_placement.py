@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synth_transforms import ADJACENT, DISJOINT, INSIDE, AnchorModel, OrganPlacer, TopologyGraph, load_bank
+from synth_transforms import ADJACENT, DISJOINT, INSIDE, AnchorModel, OrganPlacer, TopologyGraph, load_bank, placement
 from synth_transforms.bank import OrganShape
 from synth_transforms.insert_audit import InsertAudit
 from synth_transforms.placement_records import (
@@ -23,8 +23,13 @@ from synth_transforms.placement_records import (
 from synth_transforms.placement_search import (
     CUT_BAND,
     CUT_MARK,
+    build_warp,
+    dilate,
+    draw_shared_warp,
+    draw_warp_params,
     free_candidates,
     prepare_shape,
+    sample_shape,
     shift_grid,
     stand_in_offset,
 )
@@ -84,12 +89,13 @@ def _touches_border(mask: np.ndarray) -> bool:
 # ------------------------------------------------------------------------------------------ topology, from outside
 
 
-def test_disjoint_organs_never_overlap(toy_bank):
-    """Everything disjoint and rigid: each placed organ must be an intact copy of a bank shape.
+def test_disjoint_organs_never_overlap(toy_bank, monkeypatch):
+    """Everything disjoint and rigid, no clipping: each placed organ must be an intact copy of a bank shape.
 
     Had a candidate been allowed onto an organ already placed, one of the two would have lost voxels to the other
     (carved or overwritten), which shows as a shape that no longer matches any bank crop.
     """
+    monkeypatch.setattr(placement, "_CLIP_FRACTION", 0.0)
     graph = TopologyGraph(toy_bank.organs)  # every pair disjoint
     placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, **RIGID)
     center = _toy_center(toy_bank)
@@ -510,8 +516,9 @@ def test_free_candidates_tells_free_copies_from_colliding_ones():
     assert off_patch.tolist() == [[False]]  # a copy entirely off the patch is no placement
 
 
-def test_collision_search_places_more_organs_within_tolerance(bank, anchors, graph):
-    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH)
+def test_collision_search_places_more_organs_within_tolerance(bank, anchors, graph, monkeypatch):
+    monkeypatch.setattr(placement, "_CLIP_FRACTION", 0.0)  # clipping would resolve most collisions before a search
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, jitter_scale=1.0)
     center = _center(anchors, bank, "kidney_right")
     with_search, shifted = 0, 0
     for seed in range(6):
@@ -523,3 +530,53 @@ def test_collision_search_places_more_organs_within_tolerance(bank, anchors, gra
     placer._shift = lambda *args: None  # the search switched off (on this placer only)
     without = sum(len(placer(np.random.RandomState(seed), center)[1].skipped) for seed in range(6))
     assert shifted > 0 and with_search < without
+
+
+def test_small_disjoint_overlaps_are_clipped_off_the_new_organ(toy_bank):
+    """A candidate that covers a disjoint organ with a few of its voxels loses them instead of being skipped."""
+    from scipy import ndimage
+
+    graph = TopologyGraph(toy_bank.organs)  # every pair disjoint
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, **RIGID)
+    audit = InsertAudit(toy_bank.num_classes)
+    placer.observers.append(audit)
+    clipped = 0
+    for seed in range(12):
+        audit.reset()
+        label, record = placer(np.random.RandomState(seed), _toy_center(toy_bank))
+        assert audit.taken[:, 1:].sum() == 0  # no organ took a voxel of another (all pairs are disjoint)
+        label = label.numpy()
+        for p in record.placed:
+            mask = label == p.class_id
+            own = [int(s.mask.sum()) for s in toy_bank.shapes[p.organ] if s.subject == p.subject]
+            if p.organ not in record.stand_ins and p.voxels < own[0]:  # clipped: at most _CLIP_FRACTION lost
+                clipped += 1
+                assert p.voxels >= (1 - placement._CLIP_FRACTION) * own[0], (seed, p.organ)
+                assert ndimage.label(mask, np.ones((3, 3, 3)))[1] == 1, (seed, p.organ)  # still one piece
+    assert clipped > 0
+
+
+def test_clipping_keeps_a_one_voxel_gap_to_the_disjoint_organ():
+    """What a clipped candidate gives up is the disjoint organ's voxels grown by one, so it never ends flush against
+    an organ it must not touch (the validation report counts such contacts)."""
+    mask = torch.zeros(7, 7, 7, dtype=torch.bool)
+    mask[3, 3, 3] = True
+    grown = dilate(mask)
+    assert int(grown.sum()) == 27 and bool(grown[2:5, 2:5, 2:5].all()) and grown.shape == mask.shape
+    edge = torch.zeros(4, 4, 4, dtype=torch.bool)
+    edge[0, 0, 0] = True
+    assert int(dilate(edge).sum()) == 8  # no wrap-around at the border
+
+
+def test_shared_warp_moves_every_organ_as_part_of_one_layout():
+    """Under a patch-wide warp alone, an organ's centroid lands where the warp about the patch centre sends it."""
+    cube = prepare_shape(_shape(np.ones((5, 5, 5), dtype=bool)))
+    rng = np.random.RandomState(0)
+    shared = draw_shared_warp(rng, (0.9, 1.1), np.deg2rad(8.0))
+    params = draw_warp_params(rng, (1.0, 1.0), 0.0, 0.0, shared=shared)
+    centre = (np.asarray(PATCH) - 1) / 2
+    for pos in ([10.0, 12.0, 31.5], [50.0, 40.0, 20.0]):
+        warp = build_warp(cube, np.asarray(pos), params, PATCH)
+        mask = sample_shape(cube, warp).numpy() != 0
+        centroid = np.argwhere(mask).mean(axis=0) + warp.lo
+        np.testing.assert_allclose(centroid, centre + shared @ (np.asarray(pos) - centre), atol=0.75)
