@@ -163,11 +163,11 @@ def test_dry_run_prints_an_estimate_per_stage_and_writes_nothing(tmp_path, hippo
 
 def test_schedule_runs_stages_as_the_runner_does():
     stages = [
-        runner.Stage("bank", Path("b")),
-        runner.Stage("pre_a", Path("a"), needs=["bank"]),
-        runner.Stage("pre_b", Path("b"), needs=["bank"]),
-        runner.Stage("tune", Path("t")),
-        runner.Stage("tune_a", Path("ta"), needs=["pre_a"]),
+        python_stage("bank", Path("b"), "pass"),
+        python_stage("pre_a", Path("a"), "pass", needs=["bank"]),
+        python_stage("pre_b", Path("b"), "pass", needs=["bank"]),
+        python_stage("tune", Path("t"), "pass"),
+        python_stage("tune_a", Path("ta"), "pass", needs=["pre_a"]),
     ]
     seconds = {"bank": 10.0, "pre_a": 100.0, "pre_b": 100.0, "tune": 50.0, "tune_a": 20.0}
     times = estimate.schedule(stages, seconds, jobs=2)

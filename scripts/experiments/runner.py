@@ -12,6 +12,7 @@ restarting; any other change starts it afresh.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import datetime
 import shutil
@@ -26,7 +27,7 @@ RESUME_KEY = "stage_key.json"  # in a partial folder: the command and prerequisi
 
 
 @dataclasses.dataclass
-class Stage:
+class Stage(abc.ABC):
     """One subprocess: the folder it fills, the files that prove it finished, the stages it needs first.
 
     Subclasses say what to run in :meth:`command`.
@@ -39,9 +40,9 @@ class Stage:
     iterations: int | None = None  # recorded with the wall time, for reports
     resumable: bool = False  # its command continues from what a killed run left in its partial folder
 
+    @abc.abstractmethod
     def command(self, root: Path | None = None) -> list[str]:
         """The command filling ``root`` (default: the stage's folder)."""
-        raise NotImplementedError(f"stage {self.name}: {type(self).__name__} does not say what to run")
 
 
 def utc_now() -> str:

@@ -57,14 +57,17 @@ def _not_randomized(owner: str) -> RuntimeError:
 
 
 class _SharedRandomState(Randomizable):
-    """Mixin of a transform built from inner random transforms (its :meth:`_parts`, in drawing order).
+    """Mixin of a transform built from inner random transforms: the attributes named in ``_part_names``, in drawing
+    order.
 
     ``set_random_state`` hands every part this transform's own ``RandomState`` (one stream for all) and returns
     ``self``; ``randomize`` lets each part make its draws, in order; ``num_classes`` is that of the first part.
     """
 
+    _part_names: tuple[str, ...] = ()
+
     def _parts(self) -> tuple[Randomizable, ...]:
-        raise NotImplementedError
+        return tuple(getattr(self, name) for name in self._part_names)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -277,6 +280,8 @@ class RandPrimitiveLabel(RandomizableTransform):
 class _SynthPair(_SharedRandomState):
     """Label maker + shell renderer, applied in sequence with one random state (the label's draws first)."""
 
+    _part_names = ("_label_maker", "_renderer")
+
     def __init__(self, label_maker: RandomizableTransform, mode: str, render_options: RenderOptions | Mapping | None):
         self._label_maker = label_maker
         self._renderer = RandShellRender(label_maker.num_classes, mode, render_options)
@@ -291,9 +296,6 @@ class _SynthPair(_SharedRandomState):
     def renderer(self) -> RandShellRender:
         """The renderer of the label maker's labels."""
         return self._renderer
-
-    def _parts(self) -> tuple[Randomizable, ...]:
-        return self._label_maker, self._renderer
 
     def __call__(self, data=None, randomize: bool = True) -> tuple[MetaTensor, MetaTensor]:
         """Return ``(image, label)``, both ``(1, H, W, D)``; ``randomize=False`` replays the last pair exactly."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Hashable, Mapping, Sequence
 
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, RandomizableTransform
+from monai.transforms import MapTransform, RandomizableTransform
 
 from ..anchors import AnchorModel
 from ..bank import ShapeBank
@@ -29,14 +29,13 @@ class _Maker(_SharedRandomState, MapTransform):
     ``__call__(data, randomize=False)`` replays the last items exactly, as the array forms do.
     """
 
+    _part_names = ("maker",)
+
     def __init__(self, keys: KeysCollection, maker, expected: str, count: int):
         MapTransform.__init__(self, keys)
         if len(self.keys) != count:
             raise ValueError(f"{type(self).__name__}: expected {expected}, got keys {self.keys}")
         self.maker = maker
-
-    def _parts(self) -> tuple[Randomizable, ...]:
-        return (self.maker,)
 
     def _make(self, randomize: bool):
         if randomize:
@@ -121,6 +120,8 @@ class RandShellRenderd(_SharedRandomState, MapTransform):
         allow_missing_keys: pass the data through unchanged when the label is missing.
     """
 
+    _part_names = ("renderer",)
+
     backend = RandShellRender.backend
 
     def __init__(
@@ -137,9 +138,6 @@ class RandShellRenderd(_SharedRandomState, MapTransform):
             raise ValueError(f"RandShellRenderd: expected one label key, got keys {self.keys}")
         self.image_key = image_key
         self.renderer = RandShellRender(num_classes, mode, render_options)
-
-    def _parts(self) -> tuple[Randomizable, ...]:
-        return (self.renderer,)
 
     def __call__(self, data: Mapping[Hashable, object], randomize: bool = True) -> dict:
         d = dict(data)
