@@ -52,8 +52,14 @@ def _draw_seed(state: np.random.RandomState) -> int:
     return int(state.randint(_SEED_BOUND))
 
 
-def _not_randomized(owner: str) -> RuntimeError:
-    return RuntimeError(f"{owner}: randomize() was never called; call it (or call with randomize=True) first")
+def _engine_rng(transform, randomize: bool) -> np.random.RandomState:
+    """The engine's random stream for this call: a new draw (``randomize``) or the last one again (replay)."""
+    if randomize:
+        transform.randomize()
+    if transform._seed is None:
+        owner = type(transform).__name__
+        raise RuntimeError(f"{owner}: randomize() was never called; call it (or call with randomize=True) first")
+    return np.random.RandomState(transform._seed)
 
 
 class _SharedRandomState(Randomizable):
@@ -169,11 +175,7 @@ class RandAnatomyLabel(RandomizableTransform):
 
     def __call__(self, data=None, randomize: bool = True) -> MetaTensor:
         """Make one label patch (``data`` is ignored); ``randomize=False`` replays the last one exactly."""
-        if randomize:
-            self.randomize()
-        if self._seed is None:
-            raise _not_randomized(type(self).__name__)
-        label, record = self.placer(np.random.RandomState(self._seed), self._center, self._donor)
+        label, record = self.placer(_engine_rng(self, randomize), self._center, self._donor)
         self.last_record = record
         return _to_meta(label, _affine(self.bank.spacing, record.origin_mm), torch.int64)
 
@@ -211,16 +213,13 @@ class RandShellRender(RandomizableTransform):
 
     def __call__(self, label: torch.Tensor, randomize: bool = True) -> MetaTensor:
         """Render ``label`` ``(1, H, W, D)``; ``randomize=False`` reuses the last draw."""
-        if randomize:
-            self.randomize()
-        if self._seed is None:
-            raise _not_randomized(type(self).__name__)
+        rng = _engine_rng(self, randomize)
         if label.ndim != 4 or label.shape[0] != 1:
             raise ValueError(f"RandShellRender: expected a (1, H, W, D) label, got shape {tuple(label.shape)}")
         array = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
         image = render_label(
             array[0],
-            np.random.RandomState(self._seed),
+            rng,
             self.num_classes,
             self.mode,
             **options_dict(self.render_options),
@@ -268,12 +267,8 @@ class RandPrimitiveLabel(RandomizableTransform):
 
     def __call__(self, data=None, randomize: bool = True) -> MetaTensor:
         """Make one label patch (``data`` is ignored); ``randomize=False`` replays the last one exactly."""
-        if randomize:
-            self.randomize()
-        if self._seed is None:
-            raise _not_randomized(type(self).__name__)
         options = options_dict(self.primitive_options)
-        label = primitive_label_map(np.random.RandomState(self._seed), self.patch_size, **options)
+        label = primitive_label_map(_engine_rng(self, randomize), self.patch_size, **options)
         return _to_meta(label, _affine(self.spacing), torch.int64)
 
 
