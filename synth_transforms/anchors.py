@@ -143,6 +143,11 @@ class AnchorModel:
         pos = self.subject_positions_mm[subject][index]
         return None if np.isnan(pos).any() else pos
 
+    def subject_offset(self, index: int, other: int, subject: str) -> np.ndarray | None:
+        """Where ``subject`` has organ ``index`` relative to its organ ``other`` (mm); None when either is unknown."""
+        own, base = self.subject_position(index, subject), self.subject_position(other, subject)
+        return None if own is None or base is None else own - base
+
     def spread(self, index: int) -> np.ndarray:
         """Standard deviation used for organ ``index``'s jitter (offset spread for relative anchors)."""
         return self.offset_std_mm[index] if self.parent[index] >= 0 else self.std_mm[index]
@@ -158,9 +163,14 @@ class AnchorModel:
         jitter_scale: float = 1.0,
         placed: Mapping[int, np.ndarray] | None = None,
         subject: str | None = None,
+        expected: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Draw a position for organ ``index``: ``(position_mm, expected_mm)``, jitter truncated at max_sigma."""
-        expected = self.expected_position(index, placed, subject)
+        """Draw a position for organ ``index``: ``(position_mm, expected_mm)``, jitter truncated at max_sigma.
+
+        ``expected``: the position to jitter about, instead of the anchor (e.g. from a placed neighbour).
+        """
+        if expected is None:
+            expected = self.expected_position(index, placed, subject)
         z = np.clip(rng.standard_normal(3), -self.max_sigma, self.max_sigma)
         return expected + z * jitter_scale * self.spread(index), expected
 

@@ -35,6 +35,8 @@ class InsertAudit:
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
         self.taken = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self.taken_fraction = np.zeros((self.num_classes, self.num_classes))
+        self.sizes = np.zeros(self.num_classes, dtype=np.int64)
         self.written: dict[int, int] = {}
         self.cut_face: dict[int, int] = {}
 
@@ -48,20 +50,37 @@ class InsertAudit:
     def reset(self) -> None:
         """Forget the insertions seen so far."""
         self.taken[:] = 0
+        self.taken_fraction[:] = 0.0
+        self.sizes[:] = 0
         self.written = {}
         self.cut_face = {}
 
     def record(self, before: torch.Tensor, after: torch.Tensor, cls_id: int) -> None:
-        """Count what one accepted insertion of class ``cls_id`` changed in its region."""
+        """Count what one accepted insertion of class ``cls_id`` changed in its region.
+
+        Also keeps each class's voxels in the patch (the sum of all insertions so far), so that what an insertion took
+        is known as a fraction of each organ it took from (``taken_fraction``, the largest over insertions).
+        """
         changed = before != after
         old = before[changed].long()
-        self.taken[cls_id] += torch.bincount(old, minlength=self.num_classes).numpy()
+        taken = torch.bincount(old, minlength=self.num_classes).numpy()
+        self.taken[cls_id] += taken
         self.written[cls_id] = self.written.get(cls_id, 0) + int(old.numel())
+        fraction = taken / np.maximum(self.sizes, 1)
+        self.taken_fraction[cls_id] = np.maximum(self.taken_fraction[cls_id], fraction)
+        self.sizes -= taken
+        self.sizes[cls_id] += int(old.numel())
 
     def snapshot(self) -> dict:
-        """``{"taken": (C, C) array [new class, old class] of voxels, "written": {class id: voxels},
-        "cut_face": {class id: voxels on cut faces}}``."""
-        return {"taken": self.taken.copy(), "written": dict(self.written), "cut_face": dict(self.cut_face)}
+        """``{"taken": (C, C) array [new class, old class] of voxels, "taken_fraction": (C, C) largest fraction of the
+        old class taken by one insertion, "written": {class id: voxels}, "cut_face": {class id: voxels on cut faces}}``.
+        """
+        return {
+            "taken": self.taken.copy(),
+            "taken_fraction": self.taken_fraction.copy(),
+            "written": dict(self.written),
+            "cut_face": dict(self.cut_face),
+        }
 
 
 def cut_face_voxels(faces: np.ndarray, crop_shape: Sequence[int], insertion: Insertion) -> int:

@@ -55,7 +55,7 @@ __all__ = ["InsertAudit", "sample_metrics", "aggregate", "contact_counts", "cut_
 #: Checks of the aggregated report: name -> what it counts (each must be 0).
 CHECKS = {
     "disjoint_overlap_voxels": "voxels a new organ took from an organ it must be disjoint from",
-    "adjacent_overwrite_voxels": "voxels a new organ took from an adjacent organ instead of carving them",
+    "adjacent_indents_over_limit": "insertions taking more than indent_fraction of an adjacent organ's voxels",
     "parent_over_child_voxels": "voxels a parent organ took from its inside child",
     "children_below_min_inside": "children placed with less than min_inside_fraction of their voxels in the parent",
     "organs_outside_tolerance": "placed organs farther from their anchor than the tolerance, on some axis",
@@ -171,6 +171,13 @@ def _audit_violations(audit: Mapping, codes: np.ndarray) -> dict[str, int]:
     }
 
 
+def _audit_indents(audit: Mapping, codes: np.ndarray) -> list[float]:
+    """For each (new organ, adjacent old organ) pair where the new one took voxels: the largest fraction it took."""
+    fraction = np.asarray(audit["taken_fraction"])[:, 1:]
+    taken = np.asarray(audit["taken"])[:, 1:]
+    return [float(f) for f in fraction[(codes[:, 1:] == CODE_CARVE) & (taken > 0)]]
+
+
 def sample_metrics(
     label: torch.Tensor | np.ndarray,
     record: PlacementRecord,
@@ -216,6 +223,7 @@ def sample_metrics(
         "labels": checks,
         "voxels": {organs[k - 1]: int(counts[k]) for k in range(1, nc) if counts[k] > 0},
         "violations": _audit_violations(audit, codes) if audit is not None else None,
+        "indents": _audit_indents(audit, codes) if audit is not None and "taken_fraction" in audit else None,
         "cut_face_voxels": int(sum(audit["cut_face"].values())) if audit is not None and "cut_face" in audit else None,
         "carved": int(sum(p.carved for p in record.placed)),
         "overwritten": int(sum(p.overwritten for p in record.placed)),
@@ -334,6 +342,7 @@ def aggregate(
     spacing: float,
     min_inside_fraction: float | None = None,
     max_skip_rate: float | None = None,
+    indent_fraction: float | None = None,
 ) -> dict:
     """Aggregate :func:`sample_metrics` results of many patches into a JSON-serialisable report.
 
@@ -342,6 +351,7 @@ def aggregate(
         organs: the bank's organs (class ids 1..n).
         spacing: voxel size in mm (for volumes).
         min_inside_fraction: the placer's threshold; children below it are counted as violations.
+        indent_fraction: the placer's limit on what a new organ takes of an adjacent one; None: not checked.
         max_skip_rate: largest skip rate allowed per organ (over the patches that reach it, for organs attempted in
             at least :data:`MIN_ATTEMPTS` patches); None: not checked.
 
@@ -366,9 +376,11 @@ def aggregate(
         and row["skip_rate"] > max_skip_rate + 1e-12
     }
     cut_faces = [s.get("cut_face_voxels") for s in samples]
+    indents = [f for s in samples for f in (s.get("indents") or ())]
+    indents_checked = indent_fraction is not None and all(s.get("indents") is not None for s in samples)
     values = {
         "disjoint_overlap_voxels": violations[DISJOINT] if audited else None,
-        "adjacent_overwrite_voxels": violations[ADJACENT] if audited else None,
+        "adjacent_indents_over_limit": sum(f > indent_fraction + 1e-9 for f in indents) if indents_checked else None,
         "parent_over_child_voxels": violations[CONTAINS] if audited else None,
         "children_below_min_inside": below if audited and min_inside_fraction is not None else None,
         "organs_outside_tolerance": anchors["outside_tolerance"],
@@ -393,6 +405,9 @@ def aggregate(
         "overlap": {
             "adjacent_carved_voxels": int(sum(s["carved"] for s in samples)),
             "inside_overwritten_voxels": int(sum(s["overwritten"] for s in samples)),
+            "adjacent_indented_voxels": violations[ADJACENT] if audited else None,
+            "indents": len(indents),
+            "largest_indent_fraction": round(max(indents), 4) if indents else 0.0,
             "audited": audited,
         },
         "contact": _contact_summary(samples),

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ._args import as_size3, check_fraction, check_non_negative, check_positive_int, check_range
+from ._args import as_size3, check_bool, check_fraction, check_non_negative, check_positive_int, check_range
 from .anchors import AnchorModel
 from .bank import ShapeBank
+from .placement_draw import CandidateDraw
 from .placement_records import (
     ADJACENT_OVERLAP,
     CUT_FACE,
@@ -35,6 +36,7 @@ from .placement_records import (
     SkippedOrgan,
     Violation,
 )
+from .placement_rules import InsertionRules
 from .placement_search import (
     CUT_MARK,
     Candidate,
@@ -42,19 +44,19 @@ from .placement_search import (
     Warp,
     box_distance,
     dilate,
-    disjoint_hits,
     draw_shared_warp,
     draw_warp_params,
     field_of_view_box,
     free_candidates,
     prepare_shape,
     random_rotation,
+    reach_voxels,
     sample_shape,
     shift_grid,
     split,
     stand_in_offset,
 )
-from .topology import CODE_CARVE, CODE_DISJOINT, CODE_FREE, CODE_KEEP, CODE_OVERWRITE, TopologyGraph
+from .topology import TopologyGraph
 
 __all__ = ["OrganPlacer", "PlacementRecord", "PlacedOrgan", "SkippedOrgan", "Violation", "Insertion", "random_rotation"]
 
@@ -71,6 +73,7 @@ _OWN_WARP = 0.25
 # A candidate covering disjoint organs with at most this fraction of its voxels loses them (if it stays whole) instead
 # of being rejected; the coarse pass allows a margin over it for its sampling error.
 _CLIP_FRACTION, _COARSE_MARGIN = 0.1, 0.05
+_COARSE_TRUSTED = 500  # coarse voxels from which a coarse adjacent-overlap estimate is trusted
 
 
 class OrganPlacer:
@@ -89,9 +92,15 @@ class OrganPlacer:
         max_tries: candidates tried per organ before it is skipped.
         max_carve_fraction: largest fraction of a new organ that may overlap adjacent organs (and is carved).
         min_inside_fraction: smallest fraction of a child that must lie in its placed parent (``inside``).
+        indent_fraction: a new organ overlapping adjacent organs by more than ``max_carve_fraction`` of itself keeps
+            the shared voxels if they are at most this fraction of each adjacent organ it overlaps (a gallbladder
+            indents the liver instead of being skipped); 0: never.
+        max_embed_fraction: largest fraction of an indenting organ that may lie in the organs it indents.
         donor_prob: each patch draws a donor subject; each organ takes the donor's shape with this probability
             (else a random subject's) and is anchored at the donor's own position for it when measured there
             (else the bank mean). Layouts from one body collide less; 0 mixes subjects freely.
+        use_anchors: False: each candidate at a uniform random position in the patch (the ``no_anchors`` ablation).
+        use_topology: False: no insertion checks, later organs overwrite earlier ones (the ``no_topology`` ablation).
         observers: callables given an :class:`Insertion` after each accepted write (an audit, a test spy); the
             public list ``observers`` can be changed later. They must not write to the patch.
     """
@@ -110,7 +119,11 @@ class OrganPlacer:
         max_tries: int = 6,
         max_carve_fraction: float = 0.3,
         min_inside_fraction: float = 0.5,
+        indent_fraction: float = 0.05,
+        max_embed_fraction: float = 0.9,
         donor_prob: float = 0.9,
+        use_anchors: bool = True,
+        use_topology: bool = True,
         observers: Sequence[Callable[[Insertion], None]] = (),
     ):
         owner = "OrganPlacer"
@@ -122,7 +135,11 @@ class OrganPlacer:
         self.max_tries = check_positive_int(max_tries, "max_tries", owner)
         self.max_carve_fraction = check_fraction(max_carve_fraction, "max_carve_fraction", owner)
         self.min_inside_fraction = check_fraction(min_inside_fraction, "min_inside_fraction", owner)
+        self.indent_fraction = check_fraction(indent_fraction, "indent_fraction", owner)
+        self.max_embed_fraction = check_fraction(max_embed_fraction, "max_embed_fraction", owner)
         self.donor_prob = check_fraction(donor_prob, "donor_prob", owner)
+        self.use_anchors = check_bool(use_anchors, "use_anchors", owner)
+        self.use_topology = check_bool(use_topology, "use_topology", owner)
         if len(bank.organs) > 255:  # the patch is uint8
             raise ValueError(f"{owner}: at most 255 organs are supported, the bank has {len(bank.organs)}")
         self.observers = list(observers)
@@ -134,9 +151,9 @@ class OrganPlacer:
         organs = bank.check_organs(organs) if organs is not None else bank.organs
         self.order = self.graph.placement_order(bank.median_volume_ml, organs)
         self.deform_vox = deform_mm / bank.spacing
-        self.table = torch.from_numpy(self.graph.code_table().astype(np.int64))
-        self.writable = (self.table == CODE_FREE) | (self.table == CODE_OVERWRITE)
-        self.parent_ids = {o: [bank.class_id(p) for p in self.graph.parents(o)] for o in self.order}
+        limits = (self.max_carve_fraction, self.min_inside_fraction, self.indent_fraction, self.max_embed_fraction)
+        self.rules = InsertionRules(self.graph, *limits, enforce=self.use_topology)
+        self.parent_ids = {o: [bank.class_id(p) for p in self.rules.parents(self.graph, o)] for o in self.order}
         prepared: dict[int, PreparedShape] = {}  # bank shapes are shared between the views below: prepare once
 
         def prepare(shape) -> PreparedShape:
@@ -148,21 +165,16 @@ class OrganPlacer:
         self.donor_shapes = {o: {s.subject: prepare(s) for s in bank.measured_shapes(o)} for o in self.order}
         # complete shapes that can stand in for a donor's cut one (none: the organ is skipped where a cut shows)
         self.complete_shapes = {o: [s for s in self.shapes[o] if not s.cut] for o in self.order}
+        how = (self.donor_prob, self.jitter_scale, self.use_anchors, self.patch_size)
+        self.draw = CandidateDraw(bank, self.anchors, self.shapes, self.donor_shapes, *how)
         self.reach_mm = {o: self._reach_mm(o) + deform_mm for o in self.order}
         self.field_of_view = {subject: self._field_of_view(subject) for subject in bank.subjects}
         self._coarse: tuple[Warp | None, torch.Tensor | None] = (None, None)  # the last coarse candidate
 
     def _reach_mm(self, organ: str) -> float:
         """Largest distance (mm) from an organ's position to its crop corner, at the largest scale."""
-
-        def corner(shape: PreparedShape, offset=np.zeros(3)) -> float:
-            return float(np.linalg.norm(np.abs(offset) + np.maximum(shape.centroid, shape.dims - shape.centroid)))
-
-        shapes = self.shapes[organ] + list(self.donor_shapes[organ].values())
-        reach = max(corner(s) for s in shapes)
-        for cut in (s for s in self.donor_shapes[organ].values() if s.cut):  # stand-ins sit off the cut centroid
-            reach = max([reach] + [corner(c, stand_in_offset(cut, c)) for c in self.complete_shapes[organ]])
-        return reach * self.bank.spacing * self.scale_range[1]
+        voxels = reach_voxels(self.shapes[organ] + list(self.donor_shapes[organ].values()), self.complete_shapes[organ])
+        return voxels * self.bank.spacing * self.scale_range[1]
 
     def _field_of_view(self, subject: str) -> tuple[np.ndarray, np.ndarray]:
         pairs = [
@@ -211,6 +223,7 @@ class OrganPlacer:
         canvas = torch.zeros(self.patch_size, dtype=torch.uint8)
         record = PlacementRecord(origin, spacing)
         placed_pos: dict[int, np.ndarray] = {}
+        placed_from: dict[int, tuple[str, np.ndarray]] = {}  # class id -> (subject of its shape, its centroid in mm)
         placed_ids: set[int] = set()
         if donor is None:
             donor = self.bank.subjects[rng.randint(len(self.bank.subjects))]
@@ -224,20 +237,21 @@ class OrganPlacer:
             cls_id = self.bank.class_id(organ)
             index = cls_id - 1
             expected = self.anchors.expected_position(index, placed_pos, donor)
-            tolerance = self.anchors.tolerance_mm(index, self.jitter_scale)
+            tolerance = self.anchors.tolerance_mm(index, self.jitter_scale) if self.use_anchors else np.zeros(3)
             slack = self.reach_mm[organ] + np.linalg.norm(tolerance)
-            if box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack:
+            far = box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack
+            if far and self.use_anchors:
                 record.unreachable.append(organ)
                 continue
             parents = [p for p in self.parent_ids[organ] if p in placed_ids]
-            violation = None
+            violation, guide = None, None
             for tries in range(1, self.max_tries + 1):
                 # each retry draws fresh jitter and warp of shrinking amplitude (1, ..., 0 at the last try), and
-                # takes the donor's own shape where it has one: later tries approach the donor's layout, which fits
+                # takes the donor's own shape where it has one: later tries approach the donor's layout, which fits.
+                # After a collision, it follows the organ it collided with: that subject's shape where that subject
+                # has it relative to the placed neighbour (a gallbladder fits the liver it was measured against).
                 damping = 1.0 - (tries - 1) / max(self.max_tries - 1, 1)
-                shape = self._pick_shape(organ, donor, rng, retry=tries > 1)
-                subject = donor if shape.subject == donor else None  # the donor's shape sits where the donor's did
-                pos, expected = self.anchors.sample(index, rng, self.jitter_scale * damping, placed_pos, subject)
+                shape, pos, expected = self.draw(organ, donor, rng, tries > 1, damping, placed_pos, guide, origin)
                 params = draw_warp_params(rng, own_scale, own_rotation, self.deform_vox, damping, shared)
                 candidate = Candidate(cls_id, shape, (pos - origin) / spacing, params, parents)
                 # integer shifts that keep the organ within its tolerance of the anchor
@@ -250,6 +264,7 @@ class OrganPlacer:
                 if violation is None:
                     pos = pos + candidate.shift_vox * spacing
                     placed_pos[index] = pos
+                    placed_from[cls_id] = (candidate.shape.subject, pos + candidate.offset_vox * spacing)
                     placed_ids.add(cls_id)
                     record.placed.append(
                         PlacedOrgan(
@@ -262,22 +277,16 @@ class OrganPlacer:
                         record.shifted.append(organ)
                 if violation is None or violation.kind == OUTSIDE:
                     break
+                if violation.neighbour is not None:
+                    guide = self.draw.guide(organ, violation.neighbour, placed_from) or guide
             if violation is not None and violation.kind == OUTSIDE:
                 record.unreachable.append(organ)
             elif violation is not None:
                 record.skipped.append(SkippedOrgan.from_violation(organ, self.max_tries, violation))
-        counts = torch.bincount(canvas.flatten().long(), minlength=self.bank.num_classes)
+        counts = torch.bincount(canvas.flatten(), minlength=self.bank.num_classes)  # uint8 counts 5x faster than int64
         for p in record.placed:
             p.voxels = int(counts[p.class_id])
         return canvas, record
-
-    def _pick_shape(self, organ: str, donor: str, rng: np.random.RandomState, retry: bool = False) -> PreparedShape:
-        """The donor's own shape (cut or not) with probability donor_prob (always on a retry), else a random one."""
-        own = self.donor_shapes[organ].get(donor)
-        if own is not None and (rng.uniform() < self.donor_prob or retry):
-            return own
-        shapes = self.shapes[organ]
-        return shapes[rng.randint(len(shapes))]
 
     # ------------------------------------------------------------------ one candidate
     def _place(
@@ -329,9 +338,9 @@ class OrganPlacer:
         pivot = torch.from_numpy(warp.pivot)
         copies = torch.stack([(pivot + f * (points - pivot)).round().long() for f in factors])  # (F, N, 3)
         offsets = torch.cat([torch.zeros((1, 3), dtype=torch.long), shifts])  # (K, 3): unshifted first
-        max_carve = max(self.max_carve_fraction - _SEARCH_MARGIN, 0.0)
-        min_inside = min(self.min_inside_fraction + _SEARCH_MARGIN, 1.0)
-        table = self.table[candidate.cls_id]
+        max_carve = max(self.rules.max_carve_fraction - _SEARCH_MARGIN, 0.0)
+        min_inside = min(self.rules.min_inside_fraction + _SEARCH_MARGIN, 1.0)
+        table = self.rules.table[candidate.cls_id]
         free = free_candidates(canvas, copies, offsets, table, candidate.parents, max_carve, min_inside).flatten()
         free[0] = False  # the candidate as drawn has failed already
         # nearest first; a shrunk copy counts as a shift of two voxels
@@ -352,37 +361,6 @@ class OrganPlacer:
         candidate.shift_vox, candidate.params = np.zeros(3), start
         return None
 
-    def _violation(
-        self, existing: torch.Tensor, cls_id: int, n: int, parents: list[int], clip: float = 0.0
-    ) -> tuple[Violation | None, int, int]:
-        """Check the labels a candidate of ``n`` voxels would cover (``existing``: the non-zero ones).
-
-        ``clip``: largest fraction of the candidate on disjoint organs that is clipped off it rather than rejected.
-
-        Returns ``(violation or None, voxels to carve, voxels to overwrite)``.
-        """
-        codes = self.table[cls_id][existing]
-        counts = torch.bincount(codes, minlength=5)
-        if counts[CODE_DISJOINT] > clip * n:
-            return Violation.disjoint(disjoint_hits(existing, self.table[cls_id], self.bank.organs)), 0, 0
-        n -= int(counts[CODE_DISJOINT])  # voxels clipped off are not the organ's
-        carved = int(counts[CODE_CARVE] + counts[CODE_KEEP])
-        if carved > self.max_carve_fraction * n:
-            return Violation.adjacent_overlap(carved / n, self.max_carve_fraction), 0, 0
-        if parents:
-            inside = int(sum((existing == p).sum() for p in parents))
-            if inside < self.min_inside_fraction * n:
-                return Violation.inside_fraction(inside / n), 0, 0
-        return None, carved, int(counts[CODE_OVERWRITE])
-
-    def _clearly_overcarved(self, existing: torch.Tensor, cls_id: int, n: int, min_voxels: int = 500) -> bool:
-        """Coarse test: the adjacent overlap exceeds the limit by a safe margin on a well-sampled organ."""
-        if n < min_voxels:
-            return False
-        codes = self.table[cls_id][existing]
-        carved = int(((codes == CODE_CARVE) | (codes == CODE_KEEP)).sum())
-        return carved > (self.max_carve_fraction + 0.1) * n
-
     def _try_insert(
         self, canvas: torch.Tensor, shape: PreparedShape, warp: Warp, cls_id: int, parents: list[int]
     ) -> tuple[Violation | None, int, int]:
@@ -394,6 +372,10 @@ class OrganPlacer:
         patch, an ``outside`` one when the warped shape covers no voxel of the patch.
         """
         view = canvas[warp.region]
+
+        def sizes() -> torch.Tensor:  # voxels per class in the patch, only wanted when an organ may indent others
+            return torch.bincount(canvas.flatten(), minlength=self.bank.num_classes)
+
         if not parents:  # an inside test needs the full resolution; a coarse one could wrongly reject
             coarse = sample_shape(shape, warp, step=2)
             if shape.cut:
@@ -405,20 +387,20 @@ class OrganPlacer:
             coarse_hits = (coarse_view != 0) & coarse  # elementwise tests beat boolean-mask reads of a strided view
             if bool(coarse_hits.any()):
                 existing = coarse_view[coarse_hits].long()
-                n_coarse = max(int(coarse.sum()), 1)
-                violation = self._violation(existing, cls_id, n_coarse, parents, _CLIP_FRACTION + _COARSE_MARGIN)[0]
+                n_coarse = max(int(torch.count_nonzero(coarse)), 1)
+                violation = self.rules.check(
+                    existing, cls_id, n_coarse, parents, _CLIP_FRACTION + _COARSE_MARGIN, lambda: sizes() / 8, 0.1
+                ).violation
                 # a disjoint overlap clearly over the clip limit is certain; an adjacent overlap estimated from every
-                # 8th voxel is trusted only when clearly over the limit and the organ is large enough to be tight
-                if violation is not None and (
-                    violation.kind == DISJOINT_OVERLAP or self._clearly_overcarved(existing, cls_id, n_coarse)
-                ):
+                # 8th voxel (with a margin on its limits) is trusted only on an organ large enough to be tight
+                if violation is not None and (violation.kind == DISJOINT_OVERLAP or n_coarse >= _COARSE_TRUSTED):
                     return violation, 0, 0
         cand = sample_shape(shape, warp)
         if shape.cut:
             if bool((cand == CUT_MARK).any()):
                 return _CUT, 0, 0
             cand = cand != 0
-        n = int(cand.sum())
+        n = int(torch.count_nonzero(cand))
         if n == 0:
             return _OUTSIDE, 0, 0
         hits = (view != 0) & cand
@@ -428,15 +410,22 @@ class OrganPlacer:
             self._notify(cls_id, shape, warp, before, view, cand, parents)
             return None, 0, 0
         existing = view[hits].long()
-        violation, carved, overwritten = self._violation(existing, cls_id, n, parents, _CLIP_FRACTION)
+        violation, carved, overwritten, indents = self.rules.check(existing, cls_id, n, parents, _CLIP_FRACTION, sizes)
         if violation is None:
-            keep, clipped = torch.zeros_like(hits), torch.zeros_like(hits)
-            keep[hits] = ~self.writable[cls_id][existing]
-            clipped[hits] = self.table[cls_id][existing] == CODE_DISJOINT
-            if bool(clipped.any()):  # give up the voxels of disjoint organs and one more (not to end flush against
-                clipped = cand & dilate(clipped)  # an organ it never touches), if few and the organ stays whole
-                if int(clipped.sum()) > _CLIP_FRACTION * n or split(cand & ~clipped, cand):
-                    return Violation.disjoint(disjoint_hits(existing, self.table[cls_id], self.bank.organs)), 0, 0
+            protected = self.rules.protected(existing, cls_id, indents)
+            if not bool(protected.any()):  # only free or overwritable labels below: write the whole candidate
+                view.masked_fill_(cand, cls_id)
+                self._notify(cls_id, shape, warp, before, view, cand, parents)
+                return violation, carved, overwritten
+            keep = torch.zeros_like(hits)
+            keep[hits] = protected
+            disjoint = self.rules.disjoint(existing, cls_id)
+            if bool(disjoint.any()):  # give up the voxels of disjoint organs and one more (not to end flush against
+                clipped = torch.zeros_like(hits)  # an organ it never touches), if few and the organ stays whole
+                clipped[hits] = disjoint
+                clipped = cand & dilate(clipped)
+                if int(torch.count_nonzero(clipped)) > _CLIP_FRACTION * n or split(cand & ~clipped, cand):
+                    return Violation.disjoint(self.rules.disjoint_hits(existing, cls_id)), 0, 0
                 cand = cand & ~clipped
             view.masked_fill_(cand & ~keep, cls_id)
             self._notify(cls_id, shape, warp, before, view, cand, parents)

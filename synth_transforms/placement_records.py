@@ -45,23 +45,28 @@ class Violation(NamedTuple):
         text: the reason for people, e.g. ``"adjacent overlap 41% > 30%"``.
         cause: ``text`` without its sample-specific measurement (``"adjacent overlap > 30%"``), so that equal causes
             count together in a report.
+        neighbour: class id of the placed organ the candidate collided with most (None: not a collision).
     """
 
     kind: str
     text: str
     cause: str
+    neighbour: int | None = None
 
     @classmethod
-    def disjoint(cls, organs: Sequence[str]) -> Violation:
-        """The candidate covered ``organs``, which it must be disjoint from."""
+    def disjoint(cls, organs: Sequence[str], neighbour: int | None = None) -> Violation:
+        """The candidate covered ``organs``, which it must be disjoint from (``neighbour``: the most covered one)."""
         text = "disjoint overlap with " + ", ".join(organs)
-        return cls(DISJOINT_OVERLAP, text, text)
+        return cls(DISJOINT_OVERLAP, text, text, neighbour)
 
     @classmethod
-    def adjacent_overlap(cls, fraction: float, limit: float) -> Violation:
-        """A ``fraction`` of the candidate overlapped adjacent organs, more than ``limit``."""
+    def adjacent_overlap(cls, fraction: float, limit: float, neighbour: int | None = None) -> Violation:
+        """A ``fraction`` of the candidate (most on ``neighbour``) overlapped adjacent organs, more than ``limit``."""
         return cls(
-            ADJACENT_OVERLAP, f"adjacent overlap {fraction:.0%} > {limit:.0%}", f"adjacent overlap > {limit:.0%}"
+            ADJACENT_OVERLAP,
+            f"adjacent overlap {fraction:.0%} > {limit:.0%}",
+            f"adjacent overlap > {limit:.0%}",
+            neighbour,
         )
 
     @classmethod

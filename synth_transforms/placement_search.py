@@ -26,7 +26,6 @@ __all__ = [
     "CUT_BAND",
     "box_distance",
     "dilate",
-    "disjoint_hits",
     "CUT_MARK",
     "Candidate",
     "PreparedShape",
@@ -38,6 +37,7 @@ __all__ = [
     "field_of_view_box",
     "prepare_shape",
     "random_rotation",
+    "reach_voxels",
     "sample_shape",
     "shift_grid",
     "split",
@@ -110,6 +110,21 @@ def stand_in_offset(cut: PreparedShape, complete: PreparedShape) -> np.ndarray:
         elif low_cut and not high_cut:  # both high faces at padded index dims - 2
             offset[axis] = (cut.dims[axis] - cut.centroid[axis]) - (complete.dims[axis] - complete.centroid[axis])
     return offset
+
+
+def reach_voxels(shapes, complete: list[PreparedShape]) -> float:
+    """Largest distance (voxels, unscaled) from a shape's position to its crop's far corner, over ``shapes``.
+
+    A cut shape's stand-ins (``complete``) sit off its centroid (:func:`stand_in_offset`): their reach counts too.
+    """
+
+    def corner(shape: PreparedShape, offset=np.zeros(3)) -> float:
+        return float(np.linalg.norm(np.abs(offset) + np.maximum(shape.centroid, shape.dims - shape.centroid)))
+
+    reach = max(corner(s) for s in shapes)
+    for cut in (s for s in shapes if s.cut):
+        reach = max([reach] + [corner(c, stand_in_offset(cut, c)) for c in complete])
+    return reach
 
 
 def field_of_view_box(shapes, positions_mm, spacing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -361,19 +376,44 @@ def box_distance(point: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return float(np.linalg.norm(np.maximum(np.maximum(lo - point, point - hi), 0.0)))
 
 
+def _box(mask: torch.Tensor, grow: int = 0) -> tuple[slice, ...]:
+    """Bounding box of ``mask``'s voxels grown by ``grow`` voxels (clipped to the array); ``mask`` must be non-empty."""
+    points = mask.nonzero()
+    low, high = points.amin(dim=0).tolist(), points.amax(dim=0).tolist()
+    return tuple(slice(max(a - grow, 0), min(b + 1 + grow, n)) for a, b, n in zip(low, high, mask.shape, strict=True))
+
+
 def dilate(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` grown by one voxel in every direction (26-neighbourhood), same shape."""
-    grown = torch.nn.functional.max_pool3d(mask[None, None].to(torch.float32), 3, stride=1, padding=1)
-    return grown[0, 0].bool()
+    """``mask`` grown by one voxel in every direction (26-neighbourhood), same shape.
+
+    Only the bounding box of ``mask`` (plus one voxel) is pooled: the voxels to grow are usually few in a large region.
+    """
+    grown = torch.zeros_like(mask)
+    if not bool(mask.any()):
+        return grown
+    box = _box(mask, grow=1)
+    pooled = torch.nn.functional.max_pool3d(mask[box][None, None].to(torch.float32), 3, stride=1, padding=1)
+    grown[box] = pooled[0, 0].bool()
+    return grown
 
 
 def split(clipped: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether ``clipped`` (a part of ``mask``) falls into more 26-connected pieces than ``mask``."""
+    """Whether ``clipped`` (a part of ``mask``) falls into more 26-connected pieces than ``mask``.
+
+    Local test first: if the voxels of ``clipped`` next to the removed ones are connected near them, every path of
+    ``mask`` through the removed voxels has a detour, so nothing split; only otherwise are both counted in full.
+    """
+    removed = mask & ~clipped
+    if not bool(removed.any()):
+        return False
     structure = np.ones((3, 3, 3), dtype=bool)
-    return ndimage.label(clipped.numpy(), structure)[1] > ndimage.label(mask.numpy(), structure)[1]
-
-
-def disjoint_hits(existing: torch.Tensor, codes: torch.Tensor, organs) -> list[str]:
-    """Names of the organs among the labels ``existing`` that the new organ (relation code row ``codes``) must avoid."""
-    hit = torch.unique(existing[codes[existing] == CODE_DISJOINT]).tolist()
-    return [organs[h - 1] for h in hit]
+    near = _box(removed, grow=2)
+    pieces, count = ndimage.label(clipped[near].numpy(), structure)
+    if count <= 1:
+        return False
+    rim = (dilate(removed)[near] & clipped[near]).numpy()
+    if len(np.unique(pieces[rim])) <= 1:
+        return False
+    box = _box(mask)  # both are counted on the mask's bounding box, not the whole warp region
+    count = ndimage.label(clipped[box].numpy(), structure)[1]
+    return count > 1 and count > ndimage.label(mask[box].numpy(), structure)[1]  # one piece never splits

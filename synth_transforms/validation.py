@@ -117,7 +117,14 @@ def plausibility_report(
 
         loader = tqdm(loader, total=n, desc="validate", unit="patch")
     samples = list(loader)
-    report = aggregate(samples, placer.bank.organs, placer.bank.spacing, placer.min_inside_fraction, max_skip_rate)
+    report = aggregate(
+        samples,
+        placer.bank.organs,
+        placer.bank.spacing,
+        placer.min_inside_fraction,
+        max_skip_rate,
+        placer.indent_fraction,
+    )
     report["settings"] = {
         "n": n,
         "seed": int(seed),
@@ -127,6 +134,8 @@ def plausibility_report(
         "max_tries": placer.max_tries,
         "max_carve_fraction": placer.max_carve_fraction,
         "min_inside_fraction": placer.min_inside_fraction,
+        "indent_fraction": placer.indent_fraction,
+        "max_embed_fraction": placer.max_embed_fraction,
         "max_skip_rate": max_skip_rate,
     }
     return report
@@ -172,7 +181,9 @@ def format_report(report: Mapping) -> str:
     overlap, contact, anchors, retries = report["overlap"], report["contact"], report["anchors"], report["retries"]
     lines += [
         f"allowed overlaps: adjacent voxels carved {overlap['adjacent_carved_voxels']}, "
-        f"parent voxels covered by inside children {overlap['inside_overwritten_voxels']}",
+        f"parent voxels covered by inside children {overlap['inside_overwritten_voxels']}, "
+        f"adjacent voxels indented {overlap.get('adjacent_indented_voxels')} "
+        f"({overlap.get('indents', 0)} indents, largest {overlap.get('largest_indent_fraction', 0.0):.1%} of an organ)",
         "contact in the label map (voxels with a 6-neighbour of that relation; information): "
         + ", ".join(
             f"{r} {contact[r]['voxels_total']} in {contact[r]['samples_with_contact']} patches" for r in RELATIONS

@@ -97,14 +97,19 @@ def test_audited_overlaps_are_split_by_relation(graph):
     taken[1, 3] = 3  # a (parent) took voxels of c (its child)
     taken[3, 1] = 6  # c took voxels of a: allowed, c lies inside a
     taken[1, 0] = 50  # background: free
-    audit = {"taken": taken, "written": {1: 53, 2: 4, 3: 11}}
+    fraction = np.zeros((4, 4))
+    fraction[2, 1] = 0.15  # b took 15 % of a (adjacent): over an indent limit of 10 %
+    audit = {"taken": taken, "taken_fraction": fraction, "written": {1: 53, 2: 4, 3: 11}}
     m = sample_metrics(_two_blocks(1, 3), _record(_placed("a", 1, 27), _placed("c", 3, 27)), graph, audit)
     assert m["violations"] == {"disjoint": 5, "adjacent": 4, "contains": 3, "inside": 6}
+    assert m["indents"] == [0.15]  # only the adjacent pair counts as an indent
     assert m["inside"][0]["fraction"] == pytest.approx(6 / 11)
-    report = aggregate([m], ORGANS, 1.5, min_inside_fraction=0.6)
+    report = aggregate([m], ORGANS, 1.5, min_inside_fraction=0.6, indent_fraction=0.1)
     values = {k: c["value"] for k, c in report["checks"].items()}
     assert values["disjoint_overlap_voxels"] == 5
-    assert values["adjacent_overwrite_voxels"] == 4
+    assert values["adjacent_indents_over_limit"] == 1 and report["overlap"]["adjacent_indented_voxels"] == 4
+    lenient = aggregate([m], ORGANS, 1.5, indent_fraction=0.2)["checks"]["adjacent_indents_over_limit"]["value"]
+    assert lenient == 0
     assert values["parent_over_child_voxels"] == 3
     assert values["children_below_min_inside"] == 1  # 6/11 < 0.6
 

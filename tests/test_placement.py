@@ -31,6 +31,7 @@ from synth_transforms.placement_search import (
     prepare_shape,
     sample_shape,
     shift_grid,
+    split,
     stand_in_offset,
 )
 from synth_transforms.topology import CODE_CARVE, CODE_DISJOINT, CODE_OVERWRITE
@@ -97,7 +98,8 @@ def test_disjoint_organs_never_overlap(toy_bank, monkeypatch):
     """
     monkeypatch.setattr(placement, "_CLIP_FRACTION", 0.0)
     graph = TopologyGraph(toy_bank.organs)  # every pair disjoint
-    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, **RIGID)
+    # one try per organ: a retry follows the organ it collided with, which resolves every collision of this toy bank
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, jitter_scale=1.0, max_tries=1, **RIGID)
     center = _toy_center(toy_bank)
     skipped = 0
     for seed in range(12):
@@ -169,7 +171,7 @@ def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ
         for b in range(1, bank.num_classes)
         if a != b
     }
-    accepted = inside_checked = 0
+    accepted = inside_checked = indents = 0
     for seed in range(5):
         events.clear()
         label, record = placer(np.random.RandomState(seed), _center(anchors, bank, organ))
@@ -181,7 +183,13 @@ def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ
             others = under[under != 0]
             assert all(relation[cls_id, o] != DISJOINT for o in np.unique(others))
             kept = [o != 0 and relation[cls_id, o] != INSIDE for o in under]
-            assert sum(kept) <= placer.max_carve_fraction * len(under)
+            if sum(kept) > placer.max_carve_fraction * len(under):  # over the carve limit: it indents its neighbours
+                adjacent = np.array([o != 0 and relation[cls_id, o] == ADJACENT for o in under])
+                assert adjacent.sum() <= placer.max_embed_fraction * len(under)
+                for o in np.unique(under[adjacent]):  # each keeps all but indent_fraction of its voxels
+                    assert (under == o).sum() <= placer.indent_fraction * (replay == o).sum()
+                kept = [k and not a for k, a in zip(kept, adjacent, strict=True)]
+                indents += 1
             assert np.array_equal(after[candidate].numpy(), np.where(kept, under, cls_id))
             assert torch.equal(after[~candidate], before[~candidate])
             if insertion.parents:
@@ -194,6 +202,7 @@ def test_every_accepted_candidate_respects_the_graph(bank, anchors, graph, organ
     assert accepted > 10
     if organ == "liver":
         assert inside_checked > 0
+        assert indents > 0  # small organs met large ones and indented them, within the limits checked above
 
 
 def test_observers_change_nothing_and_can_be_removed(bank, anchors, placer):
@@ -371,15 +380,16 @@ def test_adjacent_default_graph_carves_instead_of_rejecting(toy_bank):
 
 def test_violations_keep_kind_text_and_cause_apart():
     adjacent = Violation.adjacent_overlap(0.414, 0.3)
-    assert adjacent == (ADJACENT_OVERLAP, "adjacent overlap 41% > 30%", "adjacent overlap > 30%")
+    assert adjacent == (ADJACENT_OVERLAP, "adjacent overlap 41% > 30%", "adjacent overlap > 30%", None)
+    assert Violation.adjacent_overlap(0.414, 0.3, neighbour=7).neighbour == 7  # the organ it collided with most
     inside = Violation.inside_fraction(0.2)
-    assert inside == (INSIDE_FRACTION, "only 20% inside its parent", "too little inside its parent")
+    assert inside == (INSIDE_FRACTION, "only 20% inside its parent", "too little inside its parent", None)
     disjoint = Violation.disjoint(["liver", "spleen"])
     assert (
         disjoint.kind == DISJOINT_OVERLAP and disjoint.text == disjoint.cause == "disjoint overlap with liver, spleen"
     )
     skipped = SkippedOrgan.from_violation("gallbladder", 6, adjacent)
-    assert (skipped.reason_kind, skipped.reason, skipped.cause) == adjacent
+    assert (skipped.reason_kind, skipped.reason, skipped.cause) == adjacent[:3]
     assert skipped.to_dict() == {"organ": "gallbladder", "tries": 6, "reason": "adjacent overlap 41% > 30%"}
 
 
@@ -518,7 +528,8 @@ def test_free_candidates_tells_free_copies_from_colliding_ones():
 
 def test_collision_search_places_more_organs_within_tolerance(bank, anchors, graph, monkeypatch):
     monkeypatch.setattr(placement, "_CLIP_FRACTION", 0.0)  # clipping would resolve most collisions before a search
-    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, jitter_scale=1.0)
+    # one try per organ, so the search (on the last try) meets the collisions that retries would otherwise resolve
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, jitter_scale=1.0, max_tries=1)
     center = _center(anchors, bank, "kidney_right")
     with_search, shifted = 0, 0
     for seed in range(6):
@@ -568,6 +579,28 @@ def test_clipping_keeps_a_one_voxel_gap_to_the_disjoint_organ():
     assert int(dilate(edge).sum()) == 8  # no wrap-around at the border
 
 
+def test_split_agrees_with_counting_the_pieces():
+    """The local shortcut of ``split`` answers as counting the 26-connected pieces in full does."""
+    from scipy import ndimage
+
+    structure = np.ones((3, 3, 3))
+    rng = np.random.RandomState(0)
+    answers = set()
+    for _ in range(150):
+        mask = ndimage.binary_dilation(rng.uniform(size=(14, 14, 14)) > 0.97, iterations=int(rng.randint(1, 3)))
+        removed = ndimage.binary_dilation(rng.uniform(size=mask.shape) > 0.995, iterations=int(rng.randint(0, 3)))
+        kept = mask & ~removed
+        expected = ndimage.label(kept, structure)[1] > ndimage.label(mask, structure)[1]
+        assert split(torch.from_numpy(kept), torch.from_numpy(mask)) == expected
+        answers.add(expected)
+    assert answers == {True, False}  # both outcomes were exercised
+    rod = torch.zeros((3, 9, 3), dtype=torch.bool)
+    rod[1, :, 1] = True
+    cut = rod.clone()
+    cut[1, 4, 1] = False
+    assert split(cut, rod) and not split(rod, rod)
+
+
 def test_shared_warp_moves_every_organ_as_part_of_one_layout():
     """Under a patch-wide warp alone, an organ's centroid lands where the warp about the patch centre sends it."""
     cube = prepare_shape(_shape(np.ones((5, 5, 5), dtype=bool)))
@@ -580,3 +613,84 @@ def test_shared_warp_moves_every_organ_as_part_of_one_layout():
         mask = sample_shape(cube, warp).numpy() != 0
         centroid = np.argwhere(mask).mean(axis=0) + warp.lo
         np.testing.assert_allclose(centroid, centre + shared @ (np.asarray(pos) - centre), atol=0.75)
+
+
+# ------------------------------------------------------------------------------------------ retries and indents
+
+
+def test_a_retry_follows_the_subject_of_the_organ_it_collided_with(bank, anchors, graph):
+    """After a collision, the next candidate takes the neighbour's subject's shape, where that subject has it
+    relative to the placed neighbour."""
+    placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH)
+    liver = bank.class_id("liver")
+    for subject in placer.donor_shapes["gallbladder"]:
+        if subject not in placer.donor_shapes["liver"]:
+            continue
+        liver_mm = np.array([10.0, -20.0, 30.0])
+        shape, expected = placer.draw.guide("gallbladder", liver, {liver: (subject, liver_mm)})
+        assert shape is placer.donor_shapes["gallbladder"][subject]
+        own = anchors.subject_position(bank.class_id("gallbladder") - 1, subject)
+        np.testing.assert_allclose(expected - liver_mm, own - anchors.subject_position(liver - 1, subject))
+    no_gallbladder = next(s for s in bank.subjects if s not in placer.donor_shapes["gallbladder"])
+    assert placer.draw.guide("gallbladder", liver, {liver: (no_gallbladder, np.zeros(3))}) is None
+
+
+def test_small_organs_indent_large_adjacent_ones_within_the_limits(toy_bank):
+    """Over the carve limit, a new organ keeps the voxels it shares with an adjacent organ only if they are at most
+    indent_fraction of that organ, and at most max_embed_fraction of itself."""
+    graph = TopologyGraph(toy_bank.organs, default=ADJACENT)
+    big, small = toy_bank.organs[0], toy_bank.organs[1]
+    canvas = torch.zeros(PATCH, dtype=torch.uint8)
+    canvas[10:40, 10:40, 10:40] = toy_bank.class_id(big)  # 27,000 voxels
+    existing = torch.full((1000,), toy_bank.class_id(big), dtype=torch.long)  # a 1,000-voxel organ fully inside
+    placer = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, indent_fraction=0.05, max_embed_fraction=1.0)
+    sizes = lambda: torch.bincount(canvas.flatten(), minlength=toy_bank.num_classes)  # noqa: E731
+    verdict = placer.rules.check(existing, toy_bank.class_id(small), 1000, [], sizes=sizes)
+    assert verdict.violation is None and verdict.indents and verdict.overwritten == 1000 and verdict.carved == 0
+    assert bool(placer.rules.protected(existing, toy_bank.class_id(small), indents=True).any()) is False
+    strict = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, indent_fraction=0.02, max_embed_fraction=1.0)
+    refused = strict.rules.check(existing, toy_bank.class_id(small), 1000, [], sizes=sizes).violation
+    assert refused.kind == ADJACENT_OVERLAP and refused.neighbour == toy_bank.class_id(big)  # 1000 > 2 % of 27,000
+    shallow = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, indent_fraction=0.05, max_embed_fraction=0.9)
+    assert shallow.rules.check(existing, toy_bank.class_id(small), 1000, [], sizes=sizes).violation is not None
+    never = OrganPlacer(toy_bank, graph=graph, patch_size=PATCH, indent_fraction=0.0)
+    assert never.rules.check(existing, toy_bank.class_id(small), 1000, [], sizes=sizes).violation is not None
+
+
+def test_no_topology_lets_later_organs_overwrite_what_the_default_keeps(bank, anchors, graph):
+    """``use_topology=False``: no candidate is rejected and disjoint organs overlap, which the default never does."""
+    center = _center(anchors, bank, "kidney_right")
+    taken = {}
+    for use_topology in (True, False):
+        audit = InsertAudit(bank.num_classes)
+        placer = OrganPlacer(bank, anchors, graph, patch_size=PATCH, use_topology=use_topology, observers=[audit])
+        disjoint, skipped = 0, 0
+        codes = graph.code_table()
+        for seed in range(4):
+            audit.reset()
+            _, record = placer(np.random.RandomState(seed), center)
+            skipped += len(record.skipped)
+            disjoint += int(audit.taken[1:, 1:][codes[1:, 1:] == CODE_DISJOINT].sum())
+        taken[use_topology] = (disjoint, skipped)
+    assert taken[True][0] == 0 and taken[False][0] > 0
+    assert taken[False][1] == 0
+
+
+def test_no_anchors_breaks_the_left_right_and_up_down_layout_that_anchors_keep(bank, anchors, graph):
+    """``use_anchors=False`` places organs uniformly in the patch: organ pairs lie in any order along each axis,
+    where the anchors keep the order of their mean positions (pairs more than 30 mm apart on that axis)."""
+    center = _center(anchors, bank, "pancreas")
+    agreement = {}
+    for use_anchors in (True, False):
+        placer = OrganPlacer(bank, anchors, graph, patch_size=(96, 96, 96), use_anchors=use_anchors)
+        agree = total = 0
+        for seed in range(8):
+            _, record = placer(np.random.RandomState(seed), center)
+            for a in record.placed:
+                for b in record.placed:
+                    apart = anchors.mean_mm[a.class_id - 1] - anchors.mean_mm[b.class_id - 1]
+                    for axis in np.flatnonzero(apart > 30.0):
+                        total += 1
+                        agree += a.position_mm[axis] > b.position_mm[axis]
+        agreement[use_anchors] = agree / total
+    assert agreement[True] > 0.9 and agreement[False] < 0.7, agreement  # measured: 0.96 and 0.51

@@ -30,7 +30,12 @@ class PlacementOptions:
         max_tries: candidates tried per organ before it is skipped.
         max_carve_fraction: largest fraction of a new organ that may overlap adjacent organs (and is carved).
         min_inside_fraction: smallest fraction of a child that must lie in its placed parent (``inside``).
+        indent_fraction: largest fraction of an adjacent organ that a new organ may take when it overlaps adjacent
+            organs by more than ``max_carve_fraction`` of itself (a small organ indents a large one); 0: never.
+        max_embed_fraction: largest fraction of an indenting organ that may lie in the organs it indents.
         donor_prob: probability that an organ takes the patch donor's own shape (else a random subject's).
+        use_anchors: False: organs at uniform random positions in the patch (the ``no_anchors`` ablation).
+        use_topology: False: no insertion checks, later organs overwrite earlier ones (the ``no_topology`` ablation).
     """
 
     jitter_scale: float = 0.4
@@ -40,7 +45,11 @@ class PlacementOptions:
     max_tries: int = 6
     max_carve_fraction: float = 0.3
     min_inside_fraction: float = 0.5
+    indent_fraction: float = 0.05
+    max_embed_fraction: float = 0.9
     donor_prob: float = 0.9
+    use_anchors: bool = True
+    use_topology: bool = True
 
 
 @dataclass(frozen=True)
