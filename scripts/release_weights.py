@@ -14,6 +14,10 @@ each file atomically (temporary name, then rename):
 Upload the files of ``release_dir`` to ``base_url``; users then fetch and verify them with
 ``python -m monai.bundle download_large_files --bundle_path bundles/anatomy_pretrain``.
 
+``--in_bundle`` writes small weights into the bundle's own ``models/`` folder instead, to be committed with it. Their
+``large_files.yml`` entries then carry the hash and an empty ``url`` until the files are published somewhere that
+resolves (``--base_url`` fills it): ``download_large_files`` checks the committed files' hashes and downloads nothing.
+
 Example::
 
     python scripts/release_weights.py --run_dir runs/anatomy_fs48 \\
@@ -82,12 +86,12 @@ def next_version(current: str, bump: str = "minor", version: str | None = None) 
     return ".".join(str(v) for v in new)
 
 
-def large_file_entry(path: Path, base_url: str) -> dict:
-    """The ``large_files.yml`` entry of one released file."""
+def large_file_entry(path: Path, base_url: str | None) -> dict:
+    """The ``large_files.yml`` entry of one released file (an empty ``url`` when it is not published yet)."""
     return {
         "name": path.name,
         "path": f"models/{path.name}",
-        "url": f"{base_url.rstrip('/')}/{path.name}",
+        "url": f"{base_url.rstrip('/')}/{path.name}" if base_url else "",
         "hash_val": sha256_of(path),
         "hash_type": "sha256",
     }
@@ -143,6 +147,7 @@ def release(
     version: str | None = None,
     with_network: bool = False,
     encoder: str | None = None,
+    in_bundle: bool = False,
 ) -> dict:
     """Release the weights of a training run; see the module docstring.
 
@@ -159,12 +164,18 @@ def release(
         with_network: also release the whole network (float32 ``model.pt``).
         encoder: release an already exported encoder (``model_swinvit.pt``) instead of a whole network, e.g. when
             only the encoder came back from the training machine; incompatible with ``with_network``.
+        in_bundle: write the files into ``<bundle>/models`` (to be committed); ``base_url`` may then be left out, and
+            the entries get an empty ``url`` until the files are published.
 
     Returns:
         ``{"version", "files", "large_files", "metadata"}`` with the paths written.
     """
-    if not base_url or not message:
-        raise ValueError("release_weights: --base_url and --message are required")
+    if not message:
+        raise ValueError("release_weights: --message (the changelog line) is required")
+    if not base_url and not in_bundle:
+        raise ValueError("release_weights: --base_url is required unless --in_bundle commits the files with the bundle")
+    if in_bundle and release_dir is not None:
+        raise ValueError("release_weights: --in_bundle writes to <bundle>/models; drop --release_dir")
     if encoder is not None and (weights is not None or with_network):
         raise ValueError("release_weights: --encoder releases the encoder alone; drop --weights / --with_network")
     if encoder is not None:
@@ -176,18 +187,23 @@ def release(
     bundle_path = Path(bundle)
     metadata = json.loads((bundle_path / "configs" / "metadata.json").read_text())
     new_version = next_version(metadata["version"], bump, version)
-    out = Path(release_dir) if release_dir else Path(run_dir or Path(weights).parent) / f"release-{new_version}"
+    if in_bundle:
+        out = bundle_path / "models"
+    else:
+        out = Path(release_dir) if release_dir else Path(run_dir or Path(weights).parent) / f"release-{new_version}"
 
     state = read_encoder_state(encoder) if encoder is not None else read_network_state(weights)
     files = [save_atomic(encoder_state_dict(state, "float16"), out / ENCODER_FILENAME)]
     if with_network:
         files.append(save_atomic(state, out / NETWORK_FILENAME))
-    write_checksums(out, files)
+    if not in_bundle:  # the bundle's large_files.yml holds the hashes of files committed with it
+        write_checksums(out, files)
     entries = [large_file_entry(f, base_url) for f in files]
     large_files = update_large_files(bundle_path, entries)
     metadata_path = update_metadata(bundle_path, new_version, message)
     for entry, f in zip(entries, files, strict=True):
-        print(f"{f} ({f.stat().st_size / 2**20:.2f} MiB) sha256 {entry['hash_val']} -> {entry['url']}")
+        where = entry["url"] or "(committed with the bundle, not published yet)"
+        print(f"{f} ({f.stat().st_size / 2**20:.2f} MiB) sha256 {entry['hash_val']} -> {where}")
     print(f"bundle {bundle_path}: version {new_version}, {large_files.name} and {metadata_path.name} updated")
     return {"version": new_version, "files": files, "large_files": large_files, "metadata": metadata_path}
 

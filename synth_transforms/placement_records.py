@@ -96,7 +96,8 @@ class PlacedOrgan:
             own scale, rotation and deformation (which pivot on the organ point nearest the patch centre); for a
             stand-in (:attr:`PlacementRecord.stand_ins`), where the
             centroid of the donor shape it replaced went.
-        expected_mm: its anchor; ``tolerance_mm`` the per-axis bound of the jitter around it.
+        expected_mm: its anchor (for a retry that followed a neighbour it collided with, where that neighbour's
+            subject has it relative to the neighbour); ``tolerance_mm`` the per-axis bound of the jitter around it.
         tries: candidates drawn, the accepted one included.
         carved: voxels of the candidate left to adjacent organs (and to its own children).
         overwritten: voxels it took from its parents.

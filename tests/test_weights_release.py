@@ -363,3 +363,30 @@ def test_repository_bundle_lists_no_weights_and_downloads_nothing(tmp_path):
     shutil.copytree(BUNDLE, bundle)
     monai_download_large_files(bundle_path=str(bundle))
     assert not (bundle / "models").exists()
+
+
+def test_release_into_the_bundle_commits_the_files_with_their_hash_and_no_url(tmp_path):
+    """``--in_bundle``: the encoder goes to ``<bundle>/models``, its entry has the hash and an empty url, and
+    ``download_large_files`` verifies the committed file (a changed byte fails) without downloading anything."""
+    release = release_module()
+    network = tiny_swin()
+    weights = tmp_path / "model.pt"
+    torch.save(network.state_dict(), weights)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+    with pytest.raises(ValueError, match="--base_url is required unless --in_bundle"):
+        release.release(weights=str(weights), message="m", bundle=str(bundle))
+    result = release.release(weights=str(weights), message="fs12 CPU release", bundle=str(bundle), in_bundle=True)
+    (encoder,) = result["files"]
+    assert encoder == bundle / "models" / "model_swinvit.pt" and not (bundle / "models" / "SHA256SUMS").exists()
+    (entry,) = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert entry == {
+        "name": "model_swinvit.pt", "path": "models/model_swinvit.pt", "url": "", "hash_val": sha256(encoder),
+        "hash_type": "sha256",
+    }  # fmt: skip
+    monai_download_large_files(bundle_path=str(bundle))  # the committed file passes its hash check
+    data = bytearray(encoder.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one changed byte
+    encoder.write_bytes(bytes(data))
+    with pytest.raises(HashCheckError):
+        monai_download_large_files(bundle_path=str(bundle))
