@@ -10,8 +10,9 @@ Commands:
 - ``generate --out <dir> --n <N> [--seed 0] [--mode shell] [--patch_size 96] [--primitives False] [--bank ...]
   [--workers auto]``: N NIfTI pairs plus a Decathlon ``dataset.json``; resumable, byte-identical on resume;
 - ``graph [--bank ...] [--topology graph.json] [--out graph.json | graph.png]``: show, save or draw the topology;
-- ``validate [--n 1000] [--seed 0] [--patch_size 96] [--json report.json] [--bank ...] [--max_skip_rate 0.05]``: the
-  plausibility report of :mod:`synth_transforms.validation` (exit status 1 when a check fails); with
+- ``validate [--n 1000] [--seed 0] [--patch_size 96] [--json report.json] [--bank ...] [--max_skip_rate 0.05]
+  [--placement '{"use_anchors": false}']``: the plausibility report of :mod:`synth_transforms.validation` (exit
+  status 1 when a check fails; ``--placement`` sets ``PlacementOptions`` fields, e.g. the ablation switches); with
   ``--reference <label maps> --class_map <json> [--n_real 200] [--organ_classes <json>] [--outside shift|pad]
   [--holdout_banks False] [--primitives True]`` instead the realism report of :mod:`synth_transforms.realism`
   (synthetic patches against patches cut from real label maps, with leave-one-subject-out baselines);
@@ -51,6 +52,7 @@ from ._args import (
     fail,
 )
 from .bank import DEFAULT_BANK_PATH, ShapeBank
+from .cli_args import json_object as _json_object
 from .cli_args import names as _names
 from .cli_args import organ_spec as _organ_spec
 from .cli_args import resolve_label_maps as _resolve_label_maps
@@ -60,6 +62,7 @@ from .generate import _auto_workers, _bank, generate_dataset, make_synth, write_
 from .io import read_json, write_json_atomic
 from .render import RENDER_MODES
 from .topology import TopologyGraph
+from .transforms.options import PlacementOptions, as_options, options_dict
 
 __all__ = ["main", "build_bank", "bank_info", "show_graph", "validate", "bench"]
 
@@ -195,6 +198,7 @@ def validate(
     workers=None,
     organs=None,
     topology=None,
+    placement=None,
     progress: bool = True,
     max_skip_rate=0.05,
     reference=None,
@@ -216,6 +220,8 @@ def validate(
         workers: worker processes (default: up to 8 when n >= 8).
         organs: comma or JSON list of organs to place (default: all).
         topology: topology JSON to place under (default: derived from the bank).
+        placement: a JSON object (or .json file) of PlacementOptions fields, e.g. '{"use_topology": false}' (the
+            ablation switches use_anchors and use_topology); recorded in the report's settings.
         progress: show a progress bar.
         max_skip_rate: fail when an organ is skipped in more than this fraction of the patches that reach it
             (None: report skip rates without failing).
@@ -241,6 +247,7 @@ def validate(
     progress = check_bool(progress, "progress", owner)
     if max_skip_rate is not None:
         max_skip_rate = check_fraction(max_skip_rate, "max_skip_rate", owner)
+    placement_options = _placement(placement, owner)
     realism = {
         "class_map": class_map,
         "n_real": n_real,
@@ -250,8 +257,9 @@ def validate(
         "primitives": primitives,
     }
     if reference is not None:
-        if topology is not None:
-            raise fail("topology", "left out with --reference (realism places under the bank's graph)", topology, owner)
+        for name, value in (("topology", topology), ("placement", placement)):
+            if value is not None:
+                raise fail(name, "left out with --reference (realism places as the bank's defaults)", value, owner)
         report = _realism(reference, n, seed, size, bank, workers, progress, _names(organs, "organs"), **realism)
         if json_path is not None:
             write_json_atomic(json_path, report)
@@ -263,12 +271,20 @@ def validate(
     kwargs = {"organs": _names(organs, "organs")} if organs is not None else {}
     if topology is not None:
         kwargs["topology"] = str(topology)
+    if placement_options is not None:
+        kwargs["placement_options"] = placement_options
     from .validation import plausibility_report  # imported once the arguments are known to be good
 
     report = plausibility_report(_bank(bank), n, seed, size, workers, progress, max_skip_rate, **kwargs)
     if json_path is not None:
         write_json_atomic(json_path, report)
     return report
+
+
+def _placement(placement, owner: str) -> PlacementOptions | None:
+    """``--placement`` as PlacementOptions (None when not given); an unknown field names the known ones."""
+    fields = _json_object(placement, "placement", owner)
+    return None if fields is None else as_options(PlacementOptions, fields, "placement", owner)
 
 
 def _realism(reference, n, seed, size, bank, workers, progress, organs, **options) -> dict:
@@ -370,6 +386,9 @@ def _show_report(report: dict, args: dict) -> None:
     from .validation import format_report
 
     print(format_realism(report) if "statistics" in report else format_report(report))
+    changed = _changed_placement(report.get("settings", {}).get("placement_options"))
+    if changed:
+        print(f"placement options changed from the defaults: {changed}")
     if args["json"] is not None:
         print(f"report: {args['json']}")
     if "statistics" in report:  # realism measures distances; it has no pass or fail
@@ -378,6 +397,16 @@ def _show_report(report: dict, args: dict) -> None:
         failed = [k for k, c in report["checks"].items() if not c["ok"]]
         print(f"validation failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _changed_placement(recorded: Mapping | None) -> str:
+    """The recorded placement options that differ from the defaults, as ``name=value`` text ('' for none)."""
+    if not recorded:
+        return ""
+    defaults = options_dict(PlacementOptions())
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}  # as a JSON report holds them
+    changed = [(k, v) for k, v in recorded.items() if (list(v) if isinstance(v, tuple) else v) != plain.get(k)]
+    return ", ".join(f"{k}={v}" for k, v in changed)
 
 
 def _show_bench(result: dict, args: dict) -> None:

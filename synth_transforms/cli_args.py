@@ -15,9 +15,11 @@ from pathlib import Path
 from ._args import fail
 from .io import read_json
 
-__all__ = ["LABEL_MAP_SUFFIXES", "names", "organ_spec", "resolve_label_maps"]
+__all__ = ["LABEL_MAP_SUFFIXES", "json_object", "names", "organ_spec", "resolve_label_maps"]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+# Fire parses ``{"a": false}`` itself and reads JSON's bare words as names, i.e. the strings below: turned back.
+_JSON_WORDS = {"true": True, "false": False, "null": None}
 
 
 def _json_list(text: str, what: str):
@@ -45,6 +47,28 @@ def names(value, what: str = "names") -> list[str] | None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
         raise fail(what, "a comma list, a JSON list or a .json file holding a list of names", value)
     return [str(v) for v in value]
+
+
+def json_object(value, what: str, owner: str | None = None) -> dict | None:
+    """A mapping from None, a JSON object (text or a ``.json`` file holding one) or the mapping fire made of one."""
+    expected = "a JSON object (e.g. '{\"use_anchors\": false}') or a .json file holding one"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(".json") and not text.startswith("{"):
+            value = read_json(Path(text), what)
+        else:
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise fail(what, expected, text, owner) from None
+        if not isinstance(value, Mapping):
+            raise fail(what, expected, value, owner)
+        return dict(value)
+    if not isinstance(value, Mapping):
+        raise fail(what, expected, value, owner)
+    return {str(k): _JSON_WORDS.get(v, v) if isinstance(v, str) else v for k, v in value.items()}
 
 
 def resolve_label_maps(label_maps) -> list[Path]:

@@ -22,6 +22,7 @@ from .dataset import sample_seed
 from .metrics import InsertAudit, aggregate, sample_metrics
 from .topology import RELATIONS
 from .transforms import RandAnatomyLabel
+from .transforms.options import options_dict
 
 __all__ = ["plausibility_report", "format_report"]
 
@@ -137,6 +138,7 @@ def plausibility_report(
         "indent_fraction": placer.indent_fraction,
         "max_embed_fraction": placer.max_embed_fraction,
         "max_skip_rate": max_skip_rate,
+        "placement_options": options_dict(maker.placement_options),  # all of them, the ablation switches included
     }
     return report
 

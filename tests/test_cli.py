@@ -321,6 +321,75 @@ def test_unknown_organ_in_validate_names_it(capsys):
     assert err.startswith("error: organ 'appendix' is not in this shape bank")
 
 
+VALIDATE_48 = ["validate", "--n", "20", "--patch_size", "48", "--workers", "0", "--progress", "False"]
+
+
+def test_validate_placement_switch_reaches_the_placer_and_the_report(tmp_path, capsys):
+    """--placement '{"use_topology": false}': later organs overwrite earlier ones, so disjoint organs overlap (exit
+    status 1), where the default run of the same patches passes that check; the settings record the switch."""
+    reports = {}
+    for name, extra in (("default", []), ("no_topology", ["--placement", '{"use_topology": false}'])):
+        out = tmp_path / f"{name}.json"
+        try:
+            cli.main([*VALIDATE_48, *extra, "--json", str(out)])
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+        reports[name] = (code, json.loads(out.read_text()), capsys.readouterr())
+    code, report, printed = reports["default"]
+    assert code == 0 and report["checks"]["disjoint_overlap_voxels"]["value"] == 0
+    assert report["settings"]["placement_options"]["use_topology"] is True
+    assert "placement options changed" not in printed.out
+    code, report, printed = reports["no_topology"]
+    assert code == 1 and report["checks"]["disjoint_overlap_voxels"]["value"] > 0 and not report["ok"]
+    assert report["settings"]["placement_options"] == {**reports["default"][1]["settings"]["placement_options"],
+                                                       "use_topology": False}  # fmt: skip
+    assert "placement options changed from the defaults: use_topology=False" in printed.out
+    assert "validation failed: disjoint_overlap_voxels" in printed.err
+
+
+@pytest.mark.parametrize(
+    "placement, message",
+    [
+        (
+            '{"use_anchor": false}',
+            "validate: placement has no option 'use_anchor'; its options are: jitter_scale, scale_range, rotation_deg, "
+            "deform_mm, max_tries, max_carve_fraction, min_inside_fraction, indent_fraction, max_embed_fraction, "
+            "donor_prob, use_anchors, use_topology",
+        ),
+        ("[1, 2]", "validate: placement must be a JSON object"),
+        ('{"use_anchors": "no"}', "OrganPlacer: use_anchors must be True or False"),
+    ],
+)
+def test_validate_bad_placement_is_one_line_exit_2_before_any_work(placement, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["validate", "--n", "2", "--placement", placement, "--json", str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and out == "", err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_json_object_reads_text_files_and_what_fire_made_of_json(tmp_path):
+    from synth_transforms.cli_args import json_object
+
+    assert json_object(None, "placement") is None
+    assert json_object('{"use_anchors": false, "jitter_scale": 0.2}', "p") == {
+        "use_anchors": False,
+        "jitter_scale": 0.2,
+    }
+    # fire parses a dict itself and reads JSON's bare words as strings: they are turned back
+    assert json_object({"use_anchors": "false", "a": "true", "b": "null", "c": "text"}, "p") == {
+        "use_anchors": False, "a": True, "b": None, "c": "text",
+    }  # fmt: skip
+    (tmp_path / "p.json").write_text('{"use_topology": false}')
+    assert json_object(str(tmp_path / "p.json"), "p") == {"use_topology": False}
+    with pytest.raises(ValueError, match=r"^v: p must be a JSON object .* got 'nope'$"):
+        json_object("nope", "p", "v")
+    with pytest.raises(FileNotFoundError):
+        json_object(str(tmp_path / "missing.json"), "p")
+
+
 def test_bench_times_both_transforms(capsys):
     result = cli.bench(n=2, patch_size=SMALL)
     assert result["anatomy"] > 0 and result["primitives"] > 0

@@ -1,6 +1,7 @@
 """The anatomy_pretrain bundle: layout, metadata against the bundle specification, workflow properties, a tiny CPU
-training run with weight export, a killed run resumed to the same weights, a deadline stop from the CLI (fill
-overlay), the epoch handler, DDP sampling, and a two-process gloo run under torchrun."""
+training run with weight export, a killed run resumed to the same weights, the ablation overlays (no_anchors,
+no_topology, fill: one switch each) and a deadline stop from the CLI with two of them, the epoch handler, DDP
+sampling, and a two-process gloo run under torchrun."""
 
 from __future__ import annotations
 
@@ -24,10 +25,17 @@ from monai.transforms import Compose, Randomizable, Transform
 import synth_transforms
 from synth_transforms.handlers import SyntheticEpochHandler, TrainingProgressBar, WeightExportHandler, every
 from synth_transforms.pretrained import load_pretrained
+from synth_transforms.transforms.options import PlacementOptions, options_dict
 
 BUNDLE = _bundles.PRETRAIN
 CONFIGS = BUNDLE / "configs"
 SMOKE = _bundles.CPU_SMOKE  # the tiny CPU settings: feature_size 12, 64^3, batch 1, 2 iterations, no workers
+# The ablation overlays (same pattern as primitives.json: added after train.json) and all that each one holds.
+ABLATIONS = {
+    "no_anchors.json": {"placement_options": {"use_anchors": False}},
+    "no_topology.json": {"placement_options": {"use_topology": False}},
+    "fill.json": {"synth_mode": "fill"},
+}
 
 
 def config_files(*extra: str) -> list[str]:
@@ -42,10 +50,11 @@ def make_workflow(bundle_root: Path, *extra: str, **override) -> ConfigWorkflow:
 def test_bundle_has_the_specified_files():
     for name in ("LICENSE", "large_files.yml", "docs/README.md", "configs/logging.conf"):
         assert (BUNDLE / name).is_file(), f"missing {name}"
-    for name in ("train.json", "primitives.json", "fill.json", "multi_gpu_train.json", "metadata.json", SMOKE):
+    for name in ("train.json", "primitives.json", "multi_gpu_train.json", "metadata.json", SMOKE, *ABLATIONS):
         json.loads((CONFIGS / name).read_text())
-    # the fill overlay changes the rendering and nothing else
-    assert json.loads((CONFIGS / "fill.json").read_text()) == {"synth_mode": "fill"}
+    # each ablation overlay sets one switch and nothing else
+    for name, content in ABLATIONS.items():
+        assert json.loads((CONFIGS / name).read_text()) == content, name
     # the smoke overlay only sets top-level values, so it fits after any of the other configs
     assert all("#" not in key and not isinstance(v, dict) for key, v in _bundles.cpu_smoke(BUNDLE).items())
     # No weights are released yet: the list must not point at files that do not exist.
@@ -126,6 +135,27 @@ def test_pool_size_and_fill_overlay_reach_the_dataset(tmp_path):
     assert parser.get_parsed_content("train#dataset").pool_size == 3
     assert parser.get_parsed_content("synth").renderer.mode == "fill"
     assert parser.get_parsed_content("validate#dataset").pool_size is None, "the validation set stays fixed"
+
+
+@pytest.mark.parametrize("overlay", ABLATIONS)
+def test_ablation_overlay_sets_its_switch_and_changes_nothing_else(overlay):
+    """Parsed as ``monai.bundle run`` parses ``--config_file "['train.json','<overlay>']"``: the overlay's key is the
+    only one that differs from train.json, and the transform built from it has the switch set, the rest default."""
+    parsers = {}
+    for name, files in (("base", config_files()), ("ablated", config_files(overlay))):
+        parsers[name] = ConfigParser()
+        parsers[name].read_config(files)
+    base, ablated = parsers["base"].get(), parsers["ablated"].get()
+    assert {key for key in base.keys() | ablated.keys() if base.get(key) != ablated.get(key)} == set(ABLATIONS[overlay])
+
+    synth = {name: parser.get_parsed_content("synth") for name, parser in parsers.items()}
+    options = {name: options_dict(s.label_maker.placement_options) for name, s in synth.items()}
+    switches = ABLATIONS[overlay].get("placement_options", {})
+    assert options["base"] == options_dict(PlacementOptions()) and options["ablated"] == {**options["base"], **switches}
+    placer = synth["ablated"].label_maker.placer  # the engine itself gets the switch
+    assert (placer.use_anchors, placer.use_topology) == (switches.get("use_anchors", True),
+                                                         switches.get("use_topology", True))  # fmt: skip
+    assert synth["ablated"].renderer.mode == ABLATIONS[overlay].get("synth_mode", "shell")
 
 
 # Two epochs of one iteration each: the resume test kills a run in epoch 2 and resumes it from the epoch-1 checkpoint.
@@ -231,10 +261,12 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(uninterrupted
     ]
 
 
-def test_cli_fill_overlay_stops_at_the_deadline_and_exports(tmp_path):
-    """The fill overlay from the bundle CLI, with a budget that ends training after its first iteration."""
+@pytest.mark.parametrize("overlay", ["fill.json", "no_topology.json"])
+def test_cli_ablation_overlay_stops_at_the_deadline_and_exports(tmp_path, overlay):
+    """An ablation overlay from the bundle CLI, with a budget that ends training after its first iteration."""
     overrides = {"num_iterations": 2, "max_train_seconds": 0.001}
-    command = _bundles.bundle_command(BUNDLE, ["train.json", "fill.json", SMOKE], tmp_path, overrides)
+    command = _bundles.bundle_command(BUNDLE, ["train.json", overlay, SMOKE], tmp_path, overrides)
+    assert str(CONFIGS / overlay) in command[command.index("--config_file") + 1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -1,12 +1,14 @@
 """The transfer experiment (``scripts/run_transfer_experiment.py`` on ``scripts/experiments``): its presets and stage
 plan, the dry run's time estimate, the generic resumable stage runner, result tables and statistics (paired
-differences with bootstrap intervals, learning curves and their PNG), pack/unpack, and the ``--quick`` CPU run of the
-whole path through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder
-and from scratch, evaluate, then segment with the inference config)."""
+differences with bootstrap intervals, learning curves and their PNG), pack/unpack, the ablation on top of a main run
+(plan, refusals, report), the command line's ``--only`` and ``--help``, and the ``--quick`` CPU run of the whole path
+through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder and from
+scratch, evaluate, then segment with the inference config)."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from experiments import runner
-from experiments.transfer import command, curves, estimate, pack, plan, report, stats
+from experiments.transfer import ablation, command, curves, estimate, pack, plan, report, stats
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
@@ -476,6 +478,207 @@ def test_run_refuses_bad_settings(tmp_path, hippocampus_dir):
         run(out=str(tmp_path / "d"), quick=True, only="nothing_*", dataset_dir=str(hippocampus_dir))
     with pytest.raises(ValueError, match="other settings"):  # the same folder, another recipe
         run(out=str(tmp_path / "d"), quick=True, only="x", finetune_iterations=3, dataset_dir=str(dataset))
+
+
+def test_only_takes_patterns_as_a_list_or_a_comma_string(tmp_path, hippocampus_dir):
+    assert command.only_patterns("bank,pretrain_*") == ["bank", "pretrain_*"]  # quoted: one string
+    assert command.only_patterns(("bank", "pretrain_*")) == ["bank", "pretrain_*"]  # unquoted: fire makes a tuple
+    assert command.only_patterns("*") == ["*"]
+    stages = plan.plan_stages(plan.make_settings("cpu"), tmp_path, hippocampus_dir, tmp_path / "datalist.json")
+    names = [stage.name for stage in command.select_stages(stages, "bank,pretrain_*")]
+    assert names == ["bank", "pretrain_anatomy", "pretrain_primitives"]
+    assert len(command.select_stages(stages, "evaluate_few_shot_*, finetune_all_*")) == 3 * 5 + 3
+    with pytest.raises(ValueError, match=r"--only \['banks', 'nothing'\] matches no stage"):
+        command.select_stages(stages, "banks,nothing")
+
+
+def test_help_prints_the_docstring_and_the_settings(capsys):
+    command.main(["run", "--help"])  # fire used to take --help for a setting and stop with "unknown setting(s)"
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: run_transfer_experiment.py run") and inspect.getdoc(command.run) in printed
+    assert "  --seeds: (0,) / (0, 1, 2, 3, 4) / (0,)" in printed and "  --dry_run (default False)" in printed
+    command.main(["ablate", "-h"])
+    printed = capsys.readouterr().out
+    assert "  --main_run (default 'runs/transfer')" in printed and "--seeds:" not in printed
+
+
+def test_stage_records_name_the_code_commit(tmp_path):
+    code = "import pathlib, sys; pathlib.Path(sys.argv[1], 'out.txt').write_text('x')"
+    stage = python_stage("make", tmp_path / "make", code, outputs=["out.txt"])
+    runner.StageRunner(tmp_path, facts={"commit": "abc123"}).run([stage], [stage])
+    assert json.loads((tmp_path / "stages" / "make.json").read_text())["commit"] == "abc123"
+    assert command.code_commit(tmp_path) == "unknown"  # not a git checkout
+    commit = command.code_commit()
+    assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{40}", commit)
+
+
+def fake_main_run(root: Path, settings: plan.Settings) -> Path:
+    """A main run's folder as ``run`` leaves it once started: its settings, datalist and bank."""
+    root.mkdir(parents=True)
+    (root / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)))
+    (root / "datalist.json").write_text("{}")
+    (root / "bank").mkdir()
+    (root / "bank" / settings.bank_file).write_bytes(b"bank")
+    return root
+
+
+def test_ablation_plan_has_the_main_recipe_but_for_the_overlay_or_pool_size(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu")
+    main = fake_main_run(tmp_path / "main", cpu)
+    main_stages = {s.name: s for s in plan.plan_stages(cpu, main, hippocampus_dir, main / "datalist.json")}
+    choices = ablation.AblationSettings(str(main), "no_anchors,no_topology,fill", (100, 1000), "0,1,2")
+    assert (choices.arms, choices.pool_sizes, choices.seeds) == (("no_anchors", "no_topology", "fill"), (100, 1000),
+                                                                 (0, 1, 2))  # fmt: skip
+    out = tmp_path / "ablation"
+    stages = ablation.ablation_stages(cpu, choices, out, hippocampus_dir)
+    by_name = {stage.name: stage for stage in stages}
+    arms = ["no_anchors", "no_topology", "fill", "pool100", "pool1000"]
+    assert [stage.name for stage in stages[:5]] == [f"pretrain_{arm}" for arm in arms]
+    assert len(stages) == 5 + 5 * 3 * 2 and "bank" not in by_name  # the main run's bank is reused, not rebuilt
+
+    anatomy = main_stages["pretrain_anatomy"]
+    for arm, overlay in (("no_anchors", "no_anchors.json"), ("no_topology", "no_topology.json"), ("fill", "fill.json")):
+        stage = by_name[f"pretrain_{arm}"]
+        assert stage.overrides == anatomy.overrides and stage.config_files == ["train.json", overlay]
+        assert stage.root == out / "pretrain" / arm and stage.needs == [] and stage.resumable
+        assert stage.iterations == anatomy.iterations and stage.outputs == anatomy.outputs
+    for size in (100, 1000):
+        stage = by_name[f"pretrain_pool{size}"]
+        assert stage.overrides == {**anatomy.overrides, "pool_size": size} and stage.config_files == ["train.json"]
+    assert by_name["pretrain_fill"].overrides["bank"] == str(main / "bank" / "bank_2.25mm.npz")
+    command_line = by_name["pretrain_no_topology"].command(out / "x")
+    assert json.loads(command_line[command_line.index("--config_file") + 1])[-1].endswith("configs/no_topology.json")
+
+    for arm in arms:  # the main run's few-shot recipe, from the arm's own encoder
+        for seed in (0, 1, 2):
+            tune = by_name[f"finetune_few_shot_{arm}_seed{seed}"]
+            reference = main_stages[f"finetune_few_shot_anatomy_seed{seed}"]
+            encoder = str(out / "pretrain" / arm / "models" / "model_swinvit.pt")
+            assert tune.overrides == {**reference.overrides, "pretrained": encoder}
+            assert tune.overrides["datalist"] == str(main / "datalist.json") and tune.needs == [f"pretrain_{arm}"]
+            evaluation = by_name[f"evaluate_few_shot_{arm}_seed{seed}"]
+            assert (
+                evaluation.needs == [tune.name] and evaluation.root == out / "evaluate" / f"few_shot_{arm}_seed{seed}"
+            )
+            expected = main_stages[f"evaluate_few_shot_anatomy_seed{seed}"].overrides
+            assert evaluation.overrides == {**expected, "checkpoint": str(tune.root / "models" / "model_final.pt")}
+    assert "finetune_all_fill_seed0" not in by_name  # few-shot only
+
+    planned = command.ablate(out=str(out), main_run=str(main), jobs=2, seeds="0,1", dataset_dir=str(hippocampus_dir),
+                             dry_run=True)  # fmt: skip
+    assert planned["stages"][:5] == [f"pretrain_{arm}" for arm in arms] and len(planned["stages"]) == 5 + 5 * 2 * 2
+    assert planned["plan"][-1].startswith("estimated wall time: ") and not out.exists()
+
+
+def test_ablate_refuses_what_would_not_match_the_main_run(tmp_path, hippocampus_dir):
+    data = str(hippocampus_dir)
+    with pytest.raises(FileNotFoundError, match=r"nowhere/settings.json not found: --main_run must be the folder"):
+        command.ablate(out=str(tmp_path / "a"), main_run=str(tmp_path / "nowhere"), dataset_dir=data)
+    main = fake_main_run(tmp_path / "main", plan.make_settings("cpu", {"seeds": "0,1,2"}))
+    kwargs = {"main_run": str(main), "dataset_dir": data}
+    with pytest.raises(ValueError, match="--preset 'gpu' differs from the main run's preset 'cpu'"):
+        command.ablate(out=str(tmp_path / "a"), preset="gpu", **kwargs)
+    with pytest.raises(ValueError, match=r"seeds must be few-shot seeds of the main run \(0,1,2\), got '2,5'"):
+        command.ablate(out=str(tmp_path / "a"), seeds="2,5", **kwargs)
+    with pytest.raises(ValueError, match="arms must be one of 'no_anchors', 'no_topology', 'fill', got 'anchors'"):
+        command.ablate(out=str(tmp_path / "a"), arms="anchors,fill", **kwargs)
+    with pytest.raises(ValueError, match="pool_sizes must be an integer >= 1, got 0"):
+        command.ablate(out=str(tmp_path / "a"), pool_sizes="100,0", **kwargs)
+
+    # the settings are recorded before any stage runs; another choice for the same folder is refused
+    out = tmp_path / "ablation"
+    with pytest.raises(ValueError, match="matches no stage"):
+        command.ablate(out=str(out), only="nothing_*", **kwargs)
+    recorded = json.loads((out / "settings.json").read_text())
+    assert recorded["ablation"] == {"main_run": str(main), "arms": ["no_anchors", "no_topology", "fill"],
+                                    "pool_sizes": [100, 1000], "seeds": [0, 1, 2]}  # fmt: skip
+    assert recorded["main_settings"]["preset"] == "cpu"
+    assert ablation.AblationSettings(**recorded["ablation"]) == ablation.AblationSettings(str(main))
+    with pytest.raises(ValueError, match="other settings"):
+        command.ablate(out=str(out), only="nothing_*", pool_sizes="100", **kwargs)
+    (main / "bank" / "bank_2.25mm.npz").unlink()  # the pre-trainings need the main run's bank
+    with pytest.raises(FileNotFoundError, match=r"bank_2.25mm.npz'\] not found: run its first stages first"):
+        command.ablate(out=str(out), only="nothing_*", **kwargs)
+
+
+def write_dice(run: Path, arm: str, seed: int, first: float, second: float) -> None:
+    metrics = run / "evaluate" / f"few_shot_{arm}_seed{seed}" / "metrics"
+    metrics.mkdir(parents=True)
+    (metrics / "val_mean_dice_raw.csv").write_text(f"filename\tclass0\tclass1\tmean\nc\t{first}\t{second}\t0\n")
+
+
+def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu")
+    main, out = fake_main_run(tmp_path / "main", cpu), tmp_path / "ablation"
+    choices = ablation.AblationSettings(str(main), seeds=(0, 1, 2))
+    offsets = {"scratch": -0.1, "anatomy": 0.0, "no_anchors": -0.05, "no_topology": 0.0, "fill": 0.02, "pool100": -0.04}
+    for arm, offset in offsets.items():
+        for seed in (0, 1, 2):
+            folder = main if arm in ("scratch", "anatomy") else out
+            # no_topology: + or - 0.01 around the full method, seed by seed; the rest: one offset for every seed
+            shift = (0.01 if seed % 2 else -0.01) if arm == "no_topology" else 0.0
+            write_dice(folder, arm, seed, 0.6 + offset + shift + 0.01 * seed, 0.5 + offset + shift)
+    for folder, arm, dice in ((main, "anatomy", 0.4), (out, "no_anchors", 0.3)):
+        runs = folder / "pretrain" / arm / "runs"
+        runs.mkdir(parents=True)
+        rounds = [{"iteration": 400, "mean_dice": dice - 0.1}, {"iteration": 800, "mean_dice": dice}]
+        (runs / curves.CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    stages = ablation.ablation_stages(cpu, choices, out, hippocampus_dir)
+    summary = ablation.summarise(cpu, choices, out, stages, {"1": "Anterior", "2": "Posterior"}, "abc123")
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    doc.write_text("# Transfer experiment results\n\nThe main page.\n")
+    ablation.write_results(summary, out, str(doc))
+
+    written = json.loads((out / "results.json").read_text())
+    assert list(written["results"]["few_shot"]) == [
+        "scratch",
+        "anatomy",
+        "no_anchors",
+        "no_topology",
+        "fill",
+        "pool100",
+    ]
+    differences = written["statistics"]["few_shot"]["differences"]
+    assert set(differences) == {f"{arm}-anatomy" for arm in offsets if arm != "anatomy"}
+    assert differences["no_anchors-anatomy"]["mean"]["differences"] == pytest.approx([-0.05] * 3)
+    assert differences["no_anchors-anatomy"]["mean"]["ci95"] == pytest.approx([-0.05, -0.05])
+    assert differences["no_topology-anatomy"]["mean"]["differences"] == pytest.approx([-0.01, 0.01, -0.01])
+    low, high = differences["no_topology-anatomy"]["mean"]["ci95"]
+    assert -0.01 - 1e-9 <= low < 0 < high <= 0.01 + 1e-9
+    assert differences["scratch-anatomy"]["class1"]["mean"] == pytest.approx(-0.1)
+    volume = written["data_volume"]
+    assert [(p["pool_size"], p["arm"], p["n"]) for p in volume] == [(100, "pool100", 3), (None, "anatomy", 3)]
+    assert volume[0]["mean"] == pytest.approx(0.555 - 0.04) and volume[1]["mean"] == pytest.approx(0.555)
+    assert written["pretrain_final"] == {"anatomy": {"iteration": 800, "mean": 0.4, "rounds": 2},
+                                         "no_anchors": {"iteration": 800, "mean": 0.3, "rounds": 2}}  # fmt: skip
+    assert written["commit"] == "abc123"
+    # what has not finished is named: every ablation stage here (none has a record) and no main-run evaluation
+    assert "pretrain_pool1000" in written["unfinished"] and "evaluate_few_shot_pool1000_seed2" in written["unfinished"]
+    assert not [name for name in written["unfinished"] if name.startswith("main run")]
+
+    page = doc.read_text()
+    assert page.startswith("# Transfer experiment results\n\nThe main page.\n\n<!-- section ablation:")
+    assert "| few_shot | no_anchors-anatomy | 3 | 0: -0.0500, 1: -0.0500, 2: -0.0500 | -0.0500 ± 0.0000 |" in page
+    assert "Spatial anchors" in page and "without it against 0.5550 with it" in page
+    assert "in this run the component helped" in page  # no_anchors: the interval is below 0
+    assert "the interval includes 0" in page  # no_topology
+    assert "did not help at this budget" in page  # fill: above the full method on every seed
+    assert "| 100 | pool100 | 3 |" in page and "| unlimited | anatomy | 3 |" in page
+    assert "- pretrain_pool1000" in page and "code commit abc123" in page
+    if written["figure"]:  # matplotlib present
+        assert (out / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
+        assert "](../ablation/data_volume_curve.png)" in page
+
+    # a second write replaces the section; the main run's page, rewritten, keeps it after its own text
+    ablation.write_results(summary, out, str(doc))
+    assert doc.read_text() == page and page.count("<!-- section ablation:") == 1
+    main_summary = report.summarise(cpu, main, [], {"1": "Anterior", "2": "Posterior"})
+    report.write_results(main_summary, main, str(doc))
+    rewritten = doc.read_text()
+    assert "The main page." not in rewritten and rewritten.startswith("# Transfer experiment results\n\nWritten ")
+    section = page[page.index("<!-- section ablation:") :]
+    assert rewritten.endswith(section)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 A stage runs in ``<root>.partial`` and is renamed to ``<root>`` when its process exits 0 and left every file it must
 leave, so a failed or killed stage leaves nothing that looks finished. Each run is recorded in
 ``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``.
-A stage is done when its record says it succeeded, its files exist and no prerequisite finished after it started;
+The runner's ``facts`` (e.g. the code's commit) are added to every record it writes. A stage is done when its
+record says it succeeded, its files exist and no prerequisite finished after it started;
 ``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
 A ``resumable`` stage (a training that continues from its own checkpoints) keeps the ``.partial`` folder of a killed
 run when it is started again with the same command and the same prerequisites, so it continues instead of
@@ -89,10 +90,11 @@ class StageRunner:
         out: the experiment's folder (``logs/`` and ``stages/`` are made in it; the processes run there).
         jobs: stages running at once.
         env: the processes' environment (default: this one's).
+        facts: added to every stage record (e.g. ``{"commit": ...}``, the code the stages ran).
     """
 
-    def __init__(self, out: Path, jobs: int = 1, env: dict | None = None):
-        self.out, self.jobs, self.env = out, max(1, int(jobs)), env
+    def __init__(self, out: Path, jobs: int = 1, env: dict | None = None, facts: dict | None = None):
+        self.out, self.jobs, self.env, self.facts = out, max(1, int(jobs)), env, dict(facts or {})
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "stages").mkdir(parents=True, exist_ok=True)
 
@@ -127,7 +129,7 @@ class StageRunner:
         record = {
             "stage": stage.name, "ok": ok, "returncode": process.returncode, "missing_outputs": missing,
             "wall_s": round(wall, 1), "iterations": stage.iterations, "started": run.started_at, "finished": utc_now(),
-            "command": stage.command(),
+            "command": stage.command(), **self.facts,
         }  # fmt: skip
         write_json_atomic(record_path(self.out, stage.name), record)
         if not ok:

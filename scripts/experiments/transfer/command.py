@@ -1,18 +1,23 @@
-"""The transfer experiment's command line: ``run`` (plan, run or resume the stages, write the results), ``pack`` and
-``unpack``. ``scripts/run_transfer_experiment.py`` calls :func:`main`."""
+"""The transfer experiment's command line: ``run`` (plan, run or resume the stages, write the results), ``ablate``
+(the ablation arms and the data-volume curve on top of a main run), ``pack`` and ``unpack``.
+``scripts/run_transfer_experiment.py`` calls :func:`main`."""
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import json
 import os
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import _bundles
 
-from experiments.runner import StageRunner
+from experiments.runner import Stage, StageRunner
+from experiments.transfer import ablation
 from experiments.transfer.estimate import plan_lines
 from experiments.transfer.pack import pack, unpack
 from experiments.transfer.plan import (
@@ -58,6 +63,37 @@ def stage_environment(device: str, jobs: int) -> dict:
     return env
 
 
+def code_commit(repo: Path = _bundles.REPO) -> str:
+    """The commit checked out in ``repo`` (``git rev-parse HEAD``), or ``"unknown"`` outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+def only_patterns(only: str | Sequence[str]) -> list[str]:
+    """The name patterns of ``--only``: a list (fire makes one of ``a,b``) or a comma string (``'bank,pretrain_*'``)."""
+    items = [only] if isinstance(only, str) else list(only)
+    return [pattern.strip() for item in items for pattern in str(item).split(",") if pattern.strip()]
+
+
+def select_stages(stages: Sequence[Stage], only: str | Sequence[str]) -> list[Stage]:
+    """The stages whose names match one of the ``--only`` patterns, in plan order; none matching is an error."""
+    patterns = only_patterns(only)
+    selected = [stage for stage in stages if any(fnmatch.fnmatch(stage.name, p) for p in patterns)]
+    if not selected:
+        raise ValueError(f"--only {patterns} matches no stage; stages are {[s.name for s in stages]}")
+    return selected
+
+
+def record_settings(path: Path, recorded: dict, what: str) -> None:
+    """Write ``recorded`` to the run's ``settings.json``; a folder holding other settings is refused."""
+    if path.is_file() and read_json(path, what) != json.loads(json.dumps(recorded)):
+        raise ValueError(f"{path.parent} holds a run with other settings ({path}); use a new --out folder")
+    write_json_atomic(path, recorded)
+
+
 def run(
     out: str = "runs/transfer",
     preset: str | None = None,
@@ -70,7 +106,7 @@ def run(
     dry_run: bool = False,
     **overrides,
 ) -> dict:
-    """Run (or resume) the experiment into ``out``; ``only`` selects stages by name pattern(s).
+    """Run (or resume) the experiment into ``out``; ``only`` selects stages by name pattern(s) (``'bank,pretrain_*'``).
 
     ``--preset`` names the starting values: ``gpu`` (the default: the GPU protocol), ``cpu`` (the 2-core CPU
     protocol) or ``quick`` (the tiny CPU version of the same path: the bundles' ``configs/cpu_smoke.json``; the test
@@ -90,22 +126,16 @@ def run(
         return dry_run_plan(settings, out_path, dataset, subjects, jobs)
     check_device(settings.device)
     out_path.mkdir(parents=True, exist_ok=True)
-    settings_file = out_path / "settings.json"
-    recorded = dataclasses.asdict(settings)
-    if settings_file.is_file() and read_json(settings_file, "experiment settings") != json.loads(json.dumps(recorded)):
-        raise ValueError(f"{out_path} holds a run with other settings ({settings_file}); use a new --out folder")
-    write_json_atomic(settings_file, recorded)
+    record_settings(out_path / "settings.json", dataclasses.asdict(settings), "experiment settings")
     datalist = write_datalist(dataset, out_path / "datalist.json", settings.val_cases)
 
     stages = plan_stages(settings, out_path, dataset, datalist, subjects)
-    patterns = [only] if isinstance(only, str) else list(only)
-    selected = [stage for stage in stages if any(fnmatch.fnmatch(stage.name, p) for p in patterns)]
-    if not selected:
-        raise ValueError(f"--only {patterns} matches no stage; stages are {[s.name for s in stages]}")
-    StageRunner(out_path, jobs, stage_environment(settings.device, jobs)).run(stages, selected)
+    selected = select_stages(stages, only)
+    commit = code_commit()
+    StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
 
     labels = read_json(dataset / "dataset.json", "Decathlon dataset.json").get("labels", {})
-    summary = summarise(settings, out_path, stages, labels)
+    summary = summarise(settings, out_path, stages, labels) | {"commit": commit}
     write_results(summary, out_path, results_doc)
     print("\n".join(results_table(summary)) or "no evaluation finished yet")
     return summary
@@ -121,5 +151,88 @@ def dry_run_plan(settings: Settings, out: Path, dataset: Path, subjects: Path, j
     return {"settings": dataclasses.asdict(settings), "stages": [stage.name for stage in stages], "plan": lines}
 
 
+def ablate(
+    out: str = "runs/ablation",
+    main_run: str = "runs/transfer",
+    preset: str | None = None,
+    arms: str | Sequence[str] = ",".join(ablation.OVERLAYS),
+    pool_sizes: str | int | Sequence[int] = "100,1000",
+    seeds: str | int | Sequence[int] | None = None,
+    only: str | Sequence[str] = "*",
+    jobs: int = 1,
+    dataset_dir: str = str(DEFAULT_DATASET),
+    results_doc: str | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Run (or resume) the ablation into ``out`` on top of the main run ``main_run`` (``run``'s folder).
+
+    Every arm is pre-trained with the main run's recorded settings (its ``settings.json``: recipe, budget, device) on
+    its bank file (not rebuilt), with one component switched off by the anatomy bundle's overlay (``--arms``:
+    no_anchors, no_topology, fill) or with ``pool_size: N`` distinct samples (``--pool_sizes``, the data-volume
+    curve; the main run's anatomy arm is its unlimited point); then fine-tuned few-shot and evaluated per seed
+    (``--seeds``, default: the main run's few-shot seeds) exactly as the main run's arms. ``--preset``, when given,
+    must be the main run's. ``--only`` selects stages by name pattern(s) (``'pretrain_*,finetune_*_pool100_*'``).
+    ``--dry_run`` prints the plan with a wall-time estimate. Writes ``results.json``, ``results.md`` and the
+    data-volume PNG in ``out``, and the ablation's section into ``results_doc`` when given.
+    """
+    main_path, out_path, dataset = Path(main_run).resolve(), Path(out).resolve(), Path(dataset_dir).resolve()
+    settings = ablation.main_settings(main_path)
+    if preset is not None and preset != settings.preset:
+        raise ValueError(f"--preset {preset!r} differs from the main run's preset {settings.preset!r} ({main_path})")
+    seeds = settings.regime_seeds(ablation.REGIME) if seeds is None else seeds
+    choices = ablation.AblationSettings(str(main_path), arms, pool_sizes, seeds)
+    ablation.check_seeds(settings, choices)
+    if not (dataset / "dataset.json").is_file():
+        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    stages = ablation.ablation_stages(settings, choices, out_path, dataset)
+    if dry_run:
+        datalist = read_datalist(dataset, settings.val_cases)
+        sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+        lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes)
+        print("\n".join(lines))
+        return {"ablation": dataclasses.asdict(choices), "stages": [stage.name for stage in stages], "plan": lines}
+    missing = [str(path) for path in ablation.main_inputs(settings, main_path) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the main run's {missing} not found: run its first stages first (bank, datalist)")
+    check_device(settings.device)
+    out_path.mkdir(parents=True, exist_ok=True)
+    recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(settings)}
+    record_settings(out_path / "settings.json", recorded, "ablation settings")
+    selected = select_stages(stages, only)
+    commit = code_commit()
+    StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
+
+    labels = read_json(dataset / "dataset.json", "Decathlon dataset.json").get("labels", {})
+    summary = ablation.summarise(settings, choices, out_path, stages, labels, commit)
+    ablation.write_results(summary, out_path, results_doc)
+    print("\n".join(results_table(summary)) or "no evaluation finished yet")
+    return summary
+
+
+COMMANDS = {"run": run, "ablate": ablate, "pack": pack, "unpack": unpack}
+HELP_FLAGS = ("--help", "-h")
+
+
+def help_text(name: str, command: Callable) -> str:
+    """``<command> --help``: its docstring and flags (for ``run``, also every setting with its value per preset)."""
+    parameters = inspect.signature(command).parameters.values()
+    flags = [f"  --{p.name} (default {p.default!r})" for p in parameters if p.kind is not p.VAR_KEYWORD]
+    lines = [f"usage: run_transfer_experiment.py {name} [--flag value ...]", "", inspect.getdoc(command), "", "flags:"]
+    lines += flags
+    if command is run:
+        lines += ["", "settings (any as --<name> value, on top of the preset's): presets gpu (default) / cpu / quick"]
+        presets = {preset: dataclasses.asdict(make_settings(preset)) for preset in ("gpu", "cpu", "quick")}
+        for field in dataclasses.fields(Settings):
+            if field.name != "preset":
+                values = " / ".join(repr(presets[preset][field.name]) for preset in presets)
+                lines.append(f"  --{field.name}: {values}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    run_fire({"run": run, "pack": pack, "unpack": unpack}, argv, name="run_transfer_experiment.py")
+    """The command line; ``<command> --help`` (or ``-h``) prints the command's help instead of running it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) > 1 and args[0] in COMMANDS and any(arg in HELP_FLAGS for arg in args[1:]):
+        print(help_text(args[0], COMMANDS[args[0]]))
+        return
+    run_fire(COMMANDS, args, name="run_transfer_experiment.py")

@@ -68,9 +68,16 @@ def seed_average(runs: Mapping[int, Sequence[Mapping]]) -> list[tuple[int, float
     ]
 
 
-def write_curve_png(path: Path, panels: Mapping[str, Mapping[str, Sequence[tuple]]], ylabel: str) -> Path | None:
-    """Draw one panel per title, one line per label (points ``(iteration, mean, std or None, ...)``; a band of
-    +- std where given) into the PNG ``path``, atomically. Returns the path, or None when matplotlib is missing."""
+def write_curve_png(
+    path: Path,
+    panels: Mapping[str, Mapping[str, Sequence[tuple]]],
+    ylabel: str,
+    xlabel: str = "iteration",
+    xticks: Mapping[float, str] | None = None,
+) -> Path | None:
+    """Draw one panel per title, one line per label (points ``(x, mean, std or None, ...)``; a band of +- std where
+    given; ``xticks``: labels of the x positions, e.g. for categories) into the PNG ``path``, atomically. Returns the
+    path, or None when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -87,7 +94,9 @@ def write_curve_png(path: Path, panels: Mapping[str, Mapping[str, Sequence[tuple
             axes.plot(x, y, marker="o", label=label)
             if all(p[2] is not None for p in points):
                 axes.fill_between(x, [p[1] - p[2] for p in points], [p[1] + p[2] for p in points], alpha=0.2)
-        axes.set(title=title, xlabel="iteration", ylabel=ylabel, ylim=(0, 1))
+        axes.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1))
+        if xticks:
+            axes.set_xticks(list(xticks), list(xticks.values()))
         axes.grid(alpha=0.3)
         axes.legend()
     with atomic_path(path, suffix=".png") as tmp:

@@ -20,6 +20,7 @@ PRETRAIN_CONFIG_FILES = {"anatomy": ["train.json"], "primitives": ["train.json",
 FINETUNE_CONFIG_FILES = ["train.json", "msd_hippocampus.json"]
 EVALUATE_CONFIG_FILES = [*FINETUNE_CONFIG_FILES, "evaluate.json"]
 ENCODER = "model_swinvit.pt"
+METRICS_FILE = "metrics/val_mean_dice_raw.csv"  # in an evaluation's folder: Dice per case and class
 QUICK_VAL_CASES = 2  # validation cases of --quick (the experiment's own; the rest comes from cpu_smoke.json)
 BANK_SUBJECTS = _bundles.REPO.parent / "shared" / "data" / "shape_bank_subjects"  # the five label maps of the method
 BANK_LABEL_MAPS = "*/label_total117.nii.gz"
@@ -74,9 +75,9 @@ class Settings:
             raise fail("pretrain_patch", "the side of a cube (one integer)", self.pretrain_patch, OWNER)
         set_field("pretrain_patch", side[0])
         set_field("finetune_patch", as_size3(self.finetune_patch, "finetune_patch", OWNER, multiple_of=32))
-        set_field("seeds", _seeds(self.seeds, "seeds"))
+        set_field("seeds", parse_seeds(self.seeds, "seeds"))
         if self.all_seeds is not None:
-            set_field("all_seeds", _seeds(self.all_seeds, "all_seeds"))
+            set_field("all_seeds", parse_seeds(self.all_seeds, "all_seeds"))
         if self.pretrain_spacing is not None:
             set_field("pretrain_spacing", check_positive(self.pretrain_spacing, "pretrain_spacing", OWNER))
         for name in ("pretrain_iterations", "finetune_iterations", "pretrain_val_points"):
@@ -102,14 +103,15 @@ class Settings:
         return None if self.pretrain_spacing is None else f"bank_{self.pretrain_spacing:g}mm.npz"
 
 
-def _seeds(value, name: str) -> tuple[int, ...]:
+def parse_seeds(value, name: str, owner: str = OWNER) -> tuple[int, ...]:
+    """Seeds from a list, a tuple, one integer or a comma string (``"0,1,2"``): one or more distinct integers."""
     seeds = value if isinstance(value, (list, tuple)) else str(value).split(",")
     try:
         parsed = tuple(int(seed) for seed in seeds)
     except ValueError:
-        raise fail(name, "integers (e.g. 0,1,2)", value, OWNER) from None
+        raise fail(name, "integers (e.g. 0,1,2)", value, owner) from None
     if not parsed or len(set(parsed)) != len(parsed):
-        raise fail(name, "one or more distinct integers", value, OWNER)
+        raise fail(name, "one or more distinct integers", value, owner)
     return parsed
 
 
@@ -266,9 +268,14 @@ def bank_stages(s: Settings, out: Path, subjects: Path = BANK_SUBJECTS) -> list[
                       bank_file=s.bank_file)]  # fmt: skip
 
 
-def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
-    """The two pre-trainings, identical but for the data (``primitives.json``; primitive solids are sized in
-    fractions of the patch, so only their recorded spacing follows the bank's)."""
+def bank_path(s: Settings, out: Path) -> Path | None:
+    """The bank file that the bank stage of a run in ``out`` builds (None: pre-training uses the bundle's default)."""
+    return None if s.bank_file is None else out / "bank" / s.bank_file
+
+
+def pretrain_overrides(s: Settings, bank: Path | None) -> dict:
+    """The overrides of every anatomy pre-training of the experiment (its arms and ablations alike): the recipe and
+    budget of ``s``, on the bank file ``bank`` (None: the bundle's default bank)."""
     overrides = {
         "device": s.device, "feature_size": s.feature_size, "patch_size": [s.pretrain_patch] * 3,
         "batch_size": s.pretrain_batch, "num_workers": s.pretrain_workers,
@@ -279,23 +286,28 @@ def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
         "use_checkpoint": s.use_checkpoint, "amp_dtype": s.amp_dtype, "export_encoder_dtype": "float16",
         "progress_bar": False, "resume": True,
     }  # fmt: skip
-    needs, by_kind = [], {kind: {} for kind in PRETRAIN_CONFIG_FILES}
-    if s.bank_file is not None:
-        overrides["bank"] = str(out / "bank" / s.bank_file)
+    return overrides if bank is None else {**overrides, "bank": str(bank)}
+
+
+def pretrain_stage(s: Settings, name: str, root: Path, config_files: Sequence[str], overrides: dict, needs=()):
+    """One resumable pre-training ``pretrain_<name>`` of the anatomy_pretrain bundle, leaving its encoder."""
+    return BundleStage(
+        f"pretrain_{name}", root, [f"models/{ENCODER}"], list(needs), s.pretrain_iterations, resumable=True,
+        bundle=_bundles.PRETRAIN, config_files=list(config_files), overrides=overrides,
+    )  # fmt: skip
+
+
+def pretrain_stages(s: Settings, out: Path) -> list[BundleStage]:
+    """The two pre-trainings, identical but for the data (``primitives.json``; primitive solids are sized in
+    fractions of the patch, so only their recorded spacing follows the bank's)."""
+    bank = bank_path(s, out)
+    overrides = pretrain_overrides(s, bank)
+    by_kind = {kind: {} for kind in PRETRAIN_CONFIG_FILES}
+    if bank is not None:
         by_kind["primitives"] = {"synth#spacing": s.pretrain_spacing}
-        needs = ["bank"]
+    needs = [] if bank is None else ["bank"]
     return [
-        BundleStage(
-            f"pretrain_{kind}",
-            out / "pretrain" / kind,
-            [f"models/{ENCODER}"],
-            list(needs),
-            s.pretrain_iterations,
-            resumable=True,
-            bundle=_bundles.PRETRAIN,
-            config_files=list(files),
-            overrides={**overrides, **by_kind[kind]},
-        )  # fmt: skip
+        pretrain_stage(s, kind, out / "pretrain" / kind, files, {**overrides, **by_kind[kind]}, needs)
         for kind, files in PRETRAIN_CONFIG_FILES.items()
     ]
 
@@ -325,40 +337,57 @@ def rotation_override(patch: Sequence[int]) -> dict:
 
 def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -> list[BundleStage]:
     """Per regime, arm and seed: a fine-tuning (one recipe in every arm) and the evaluation of its final weights."""
+    stages = []
+    for regime in s.regimes:
+        for arm in ARMS:
+            encoder = None if arm == "scratch" else out / "pretrain" / arm / "models" / ENCODER
+            needs = [] if arm == "scratch" else [f"pretrain_{arm}"]
+            for seed in s.regime_seeds(regime):
+                stages += finetune_pair(s, out, dataset_dir, datalist, regime, arm, seed, encoder, needs)
+    return stages
+
+
+def finetune_pair(
+    s: Settings,
+    out: Path,
+    dataset_dir: Path,
+    datalist: Path,
+    regime: str,
+    arm: str,
+    seed: int,
+    encoder: Path | None,
+    needs: Sequence[str] = (),
+) -> list[BundleStage]:
+    """``finetune_<regime>_<arm>_seed<seed>`` (from the pre-trained ``encoder``, None: from scratch; after the stages
+    ``needs``) and ``evaluate_...`` of its final weights, in ``out/finetune`` and ``out/evaluate``: the one recipe
+    of every arm."""
     data = {"device": s.device, "dataset_dir": str(dataset_dir), "datalist": str(datalist)}
     network = {"feature_size": s.feature_size, "patch_size": list(s.finetune_patch), "amp_dtype": s.amp_dtype}
     loading = {"num_workers": s.finetune_workers, "cache_rate": s.cache_rate}
     warmup = s.finetune_warmup if s.finetune_warmup is not None else warmup_steps(s.finetune_iterations)
-    stages = []
-    for regime, num_cases in s.regimes.items():
-        for arm in ARMS:
-            for seed in s.regime_seeds(regime):
-                name = f"{regime}_{arm}_seed{seed}"
-                root = out / "finetune" / name
-                overrides = {
-                    **data, **network, **loading, "seed": seed, "subset_seed": s.subset_seed,
-                    "num_train_cases": num_cases, "batch_size": s.finetune_batch, "num_samples": 1,
-                    **finetune_schedule(s), "warmup_steps": warmup, "learning_rate": s.finetune_learning_rate,
-                    "use_checkpoint": s.use_checkpoint, **rotation_override(s.finetune_patch), "resume": True,
-                }  # fmt: skip
-                needs = []
-                if arm != "scratch":
-                    overrides |= {"pretrained": str(out / "pretrain" / arm / "models" / ENCODER), "transfer": "encoder"}
-                    needs = [f"pretrain_{arm}"]
-                tune = BundleStage(
-                    f"finetune_{name}", root, ["models/model_final.pt"], needs, s.finetune_iterations, resumable=True,
-                    bundle=_bundles.FINETUNE, config_files=list(FINETUNE_CONFIG_FILES), overrides=overrides,
-                )  # fmt: skip
-                overrides = {
-                    **data, **network, **loading, "seed": seed,
-                    "checkpoint": str(root / "models" / "model_final.pt"), "output_dir": "$@bundle_root + '/metrics'",
-                }  # fmt: skip
-                evaluate = BundleStage(
-                    f"evaluate_{name}", out / "evaluate" / name, ["metrics/val_mean_dice_raw.csv"], [tune.name],
-                    bundle=_bundles.FINETUNE, config_files=list(EVALUATE_CONFIG_FILES), overrides=overrides,
-                )  # fmt: skip
-                stages += [tune, evaluate]
-    return stages
+    name = f"{regime}_{arm}_seed{seed}"
+    root = out / "finetune" / name
+    overrides = {
+        **data, **network, **loading, "seed": seed, "subset_seed": s.subset_seed,
+        "num_train_cases": s.regimes[regime], "batch_size": s.finetune_batch, "num_samples": 1,
+        **finetune_schedule(s), "warmup_steps": warmup, "learning_rate": s.finetune_learning_rate,
+        "use_checkpoint": s.use_checkpoint, **rotation_override(s.finetune_patch), "resume": True,
+    }  # fmt: skip
+    if encoder is not None:
+        overrides |= {"pretrained": str(encoder), "transfer": "encoder"}
+    tune = BundleStage(
+        f"finetune_{name}", root, ["models/model_final.pt"], list(needs), s.finetune_iterations, resumable=True,
+        bundle=_bundles.FINETUNE, config_files=list(FINETUNE_CONFIG_FILES), overrides=overrides,
+    )  # fmt: skip
+    overrides = {
+        **data, **network, **loading, "seed": seed,
+        "checkpoint": str(root / "models" / "model_final.pt"), "output_dir": "$@bundle_root + '/metrics'",
+    }  # fmt: skip
+    evaluate = BundleStage(
+        f"evaluate_{name}", out / "evaluate" / name, [METRICS_FILE], [tune.name],
+        bundle=_bundles.FINETUNE, config_files=list(EVALUATE_CONFIG_FILES), overrides=overrides,
+    )  # fmt: skip
+    return [tune, evaluate]
 
 
 def plan_stages(

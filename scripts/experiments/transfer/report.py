@@ -19,6 +19,9 @@ from experiments.transfer.stats import regime_statistics
 from synth_transforms.io import atomic_path, read_json, write_json_atomic
 from synth_transforms.machine import device_name, machine_facts
 
+SECTION_BEGIN = "<!-- section {name}: written by scripts/run_transfer_experiment.py; replaced on each run -->"
+SECTION_END = "<!-- end of section {name} -->"
+SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
 FIGURES = {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}  # written beside results.json
 
@@ -222,7 +225,7 @@ def write_figures(summary: dict, out: Path) -> dict[str, str]:
     return written
 
 
-def settings_lines(summary: dict) -> list[str]:
+def settings_lines(summary: dict, pretrain_arms: str = "both arms alike") -> list[str]:
     s = summary["settings"]
     precision = "fp32" if s["device"] == "cpu" else f"AMP {s['amp_dtype']}"
     bank = "the default bank (1.5 mm)" if s["pretrain_spacing"] is None else f"a bank at {s['pretrain_spacing']} mm"
@@ -234,7 +237,7 @@ def settings_lines(summary: dict) -> list[str]:
     return [
         f"- preset `{summary.get('preset', s.get('preset'))}`, device {s['device']}, {precision}, SwinUNETR "
         f"feature_size {s['feature_size']}",
-        f"- pre-training (both arms alike): {s['pretrain_patch']}^3 patches from {bank} ({side:g} mm a side), batch "
+        f"- pre-training ({pretrain_arms}): {s['pretrain_patch']}^3 patches from {bank} ({side:g} mm a side), batch "
         f"{s['pretrain_batch']}, {s['pretrain_iterations']} iterations, lr {s['pretrain_learning_rate']} (AdamW, "
         f"warm-up {warmup}, cosine), {s['pretrain_val_points']} synthetic validation rounds of "
         f"{s['pretrain_val_samples']} samples",
@@ -260,7 +263,8 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
     lines = [
         "# Transfer experiment results",
         "",
-        f"Written {summary['written']} by `scripts/run_transfer_experiment.py` on {summary['device']}.",
+        f"Written {summary['written']} by `scripts/run_transfer_experiment.py` on {summary['device']}"
+        + (f", code commit {summary['commit']}." if summary.get("commit") else "."),
         "",
         "## Dice on the validation split (final fine-tuned weights)",
         "",
@@ -295,10 +299,27 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
 
 def write_results(summary: dict, out: Path, results_doc: str | None = None) -> None:
     """The learning-curve PNGs, ``results.json`` and ``results.md`` in ``out``, and the Markdown also to
-    ``results_doc`` when given (its figure links relative to it)."""
+    ``results_doc`` when given (its figure links relative to it; the sections other commands wrote there, such as
+    the ablation's, are kept after it)."""
     summary["figures"] = write_figures(summary, out)
     write_json_atomic(out / "results.json", summary)
     targets = [out / "results.md"] + ([Path(results_doc)] if results_doc else [])
     for target in targets:
+        page = results_markdown(summary, target.resolve().parent, out.resolve())
+        kept = [m[0] for m in SECTIONS.finditer(target.read_text())] if target.is_file() else []
         with atomic_path(target) as tmp:
-            Path(tmp).write_text(results_markdown(summary, target.resolve().parent, out.resolve()))
+            Path(tmp).write_text("\n".join([page, *kept]))
+
+
+def write_section(path: Path, name: str, markdown: str) -> None:
+    """Write ``markdown`` as the section ``name`` of the page ``path`` (between its markers): replace the section
+    where the page has it, else append it (a missing page is made); the rest of the page is left as it is."""
+    block = f"{SECTION_BEGIN.format(name=name)}\n{markdown.rstrip()}\n{SECTION_END.format(name=name)}\n"
+    text = Path(path).read_text() if Path(path).is_file() else ""
+    current = next((m for m in SECTIONS.finditer(text) if m[1] == name), None)
+    if current is not None:
+        text = text[: current.start()] + block + text[current.end() :]
+    else:
+        text = f"{text.rstrip()}\n\n{block}" if text.strip() else block
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)

@@ -63,11 +63,15 @@ def arm_statistics(runs: Mapping[int, Mapping[str, float]], classes: Sequence[st
     return {key: mean_std([run[key] for run in runs.values()]) for key in [*classes, "mean"]}
 
 
-def regime_statistics(arms: Mapping[str, Mapping[int, Mapping[str, float]]], classes: Sequence[str]) -> dict:
-    """Per arm: mean and std per class and overall; per comparison in ``COMPARISONS`` whose arms both ran: the
-    paired per-seed difference of the mean Dice (and of each class) with its bootstrap interval."""
+def regime_statistics(
+    arms: Mapping[str, Mapping[int, Mapping[str, float]]],
+    classes: Sequence[str],
+    comparisons: Sequence[tuple[str, str]] = COMPARISONS,
+) -> dict:
+    """Per arm: mean and std per class and overall; per ``(arm, baseline)`` of ``comparisons`` whose arms both ran:
+    the paired per-seed difference arm - baseline of the mean Dice (and of each class) with its bootstrap interval."""
     differences = {}
-    for arm, baseline in COMPARISONS:
+    for arm, baseline in comparisons:
         if arm in arms and baseline in arms:
             per_key = {
                 key: paired_difference(
