@@ -21,9 +21,9 @@ __all__ = ["InsertionRules", "Verdict"]
 
 
 class Verdict(NamedTuple):
-    """What the rules say of a candidate: its ``violation`` (None: accepted), the voxels it leaves to the organs below
-    (``carved``), the voxels it takes from them (``overwritten``) and whether it ``indents`` its adjacent organs (keeps
-    the voxels it shares with them) rather than being carved."""
+    """What the rules say of a candidate: its ``violation`` (None: accepted), the voxels it leaves to the organs
+    below (``carved``), the voxels it takes from its parents (``overwritten``) and whether it ``indents`` its adjacent
+    organs (keeps the voxels it shares with them) rather than being carved."""
 
     violation: Violation | None
     carved: int = 0
@@ -110,7 +110,7 @@ class InsertionRules:
             if inside < self.min_inside_fraction * n:
                 return Verdict(Violation.inside_fraction(inside / n))
         if indents:
-            return Verdict(None, kept, int(counts[CODE_OVERWRITE]) + carved, True)
+            return Verdict(None, kept, int(counts[CODE_OVERWRITE]), True)  # the audit counts the indented voxels
         return Verdict(None, carved + kept, int(counts[CODE_OVERWRITE]))
 
     def _indents(self, existing, codes, carved: int, kept: int, n: int, sizes, margin: float) -> bool:
