@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -29,6 +30,8 @@ __all__ = ["latest_checkpoint", "resume_checkpoint", "TrainingCheckpointSaver", 
 
 logger = logging.getLogger(__name__)
 
+# what of a learning-rate scheduler's state says where it is on its schedule (the rest is the schedule itself)
+_SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr")
 _EPOCH_FILE = re.compile(r"(?:^|_)epoch=(\d+)\.pt$")
 
 
@@ -140,7 +143,10 @@ class ResumeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` that also restores the engine it is attached to from ``engine_key``.
 
     Loading the trainer state (iteration, epoch) makes ignite continue from there; ``max_epochs`` stays the
-    config's. Attach it before the handlers that read the restored state at ``STARTED``.
+    config's, and so does the shape of a learning-rate schedule (its length, warm-up, base rates): only its position
+    comes from the checkpoint. A run resumed with more iterations thus follows the longer schedule from the step it
+    reached, instead of the checkpoint's shorter one. Attach it before the handlers that read the restored state at
+    ``STARTED``.
 
     Args:
         load_path, load_dict, kwargs: as ``monai.handlers.CheckpointLoader``.
@@ -154,3 +160,13 @@ class ResumeCheckpointLoader(CheckpointLoader):
     def attach(self, engine: Engine) -> None:
         self.load_dict[self.engine_key] = engine
         super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        shapes = {
+            key: {name: value for name, value in vars(obj).items() if name not in _SCHEDULE_POSITION}
+            for key, obj in self.load_dict.items()
+            if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)
+        }
+        super().__call__(engine)
+        for key, shape in shapes.items():  # a scheduler's state_dict holds its length too (e.g. t_total)
+            vars(self.load_dict[key]).update(shape)

@@ -94,6 +94,34 @@ def test_killed_run_resumes_at_the_epoch_boundary_to_the_same_result(tmp_path):
     assert final["trainer"]["iteration"] == 9 and torch.equal(final["network"]["weight"], straight.weight)
 
 
+def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path):
+    """A run resumed with a longer budget keeps the config's schedule (its length) and the checkpoint's position:
+    the learning rate goes on down the longer cosine instead of ending, and rising again, with the shorter one."""
+    from monai.optimizers import WarmupCosineSchedule
+
+    def run(epochs: int, folder, resume: bool) -> tuple[list[float], WarmupCosineSchedule]:
+        module = torch.nn.Linear(1, 1, bias=False)
+        optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+        schedule = WarmupCosineSchedule(optimizer, warmup_steps=1, t_total=epochs * 2)
+        engine = Engine(lambda e, b: (optimizer.step(), schedule.step()))
+        rates = []
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: rates.append(optimizer.param_groups[0]["lr"]))
+        objects = {"network": module, "optimizer": optimizer, "lr_scheduler": schedule}
+        if resume:
+            ResumeCheckpointLoader(str(latest_checkpoint(folder)), objects).attach(engine)
+        TrainingCheckpointSaver(str(folder), objects, save_engine="trainer", save_interval=1, n_saved=1).attach(engine)
+        engine.run([0, 1], max_epochs=epochs)
+        return rates, schedule
+
+    short, _ = run(2, tmp_path / "extended", resume=False)  # 4 iterations on a 4-step cosine: ends at 0
+    resumed, schedule = run(4, tmp_path / "extended", resume=True)  # continued to 8 iterations
+    longer, _ = run(4, tmp_path / "straight", resume=False)
+    assert schedule.t_total == 8 and schedule.last_epoch == 8  # the config's length, the checkpoint's position
+    assert resumed == pytest.approx(longer[4:])  # the longer schedule's second half, step for step
+    assert short[-1] == pytest.approx(0.0) and resumed[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(resumed, resumed[1:], strict=False))  # falling, not rising again
+
+
 def test_final_file_of_an_earlier_run_is_removed_when_training_starts(tmp_path):
     module = torch.nn.Linear(1, 1)
     (tmp_path / "final.pt").write_bytes(b"left by an earlier run")

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from experiments import runner
-from experiments.transfer import ablation, command, curves, estimate, pack, plan, report, stats
+from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, report, stats
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
@@ -287,6 +287,55 @@ def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_chang
     changed.code = code + "  # another command"
     with pytest.raises(RuntimeError):
         runner.StageRunner(tmp_path).run([changed], [changed])  # a different command does not resume
+
+
+def test_reopened_stage_continues_under_its_new_command(tmp_path):
+    """``reopen``: a finished resumable stage goes back to its partial folder, loses its record and continues (not
+    restarts) under a changed command; a stage that is not resumable cannot be reopened."""
+    code = (
+        "import pathlib, sys; root = pathlib.Path(sys.argv[1]); progress = root / 'progress.txt'\n"
+        "done = int(progress.read_text()) if progress.exists() else 0\n"
+        "progress.write_text(str(done + 1)); (root / 'out.txt').write_text(str(done + 1))"
+    )
+    stage = python_stage("train", tmp_path / "work" / "train", code, outputs=["out.txt"])
+    stage.resumable = True
+    runner.StageRunner(tmp_path).run([stage], [stage])
+    assert (stage.root / "out.txt").read_text() == "1" and runner.is_done(tmp_path, stage)
+    stage.code = code + "  # a longer budget"
+    assert runner.reopen(tmp_path, stage) == "reopened"
+    assert not stage.root.exists() and runner.read_record(tmp_path, "train") is None
+    runner.StageRunner(tmp_path).run([stage], [stage])
+    assert (stage.root / "out.txt").read_text() == "2"  # continued from the first run's progress
+    fresh = python_stage("fresh", tmp_path / "work" / "fresh", code)
+    fresh.resumable = True
+    assert runner.reopen(tmp_path, fresh) is None  # never started: nothing to reopen
+    with pytest.raises(ValueError, match="not resumable"):
+        runner.reopen(tmp_path, python_stage("plain", tmp_path / "work" / "plain", code))
+
+
+def test_extension_lengthens_only_the_pretraining_and_keeps_the_epochs(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu")  # 800 iterations, 10 validation points: epochs of 80
+    longer = plan.make_settings("cpu", {"pretrain_iterations": 1600, "pretrain_val_points": 20})
+    extend.check_extension(cpu, longer)
+    for bad, match in [
+        ({"pretrain_iterations": 1600}, "keep the run's epoch of 80"),
+        ({"pretrain_iterations": 400, "pretrain_val_points": 5}, "must grow"),
+        ({"pretrain_iterations": 1600, "pretrain_val_points": 20, "pretrain_learning_rate": 1e-3}, "also changed"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            extend.check_extension(cpu, plan.make_settings("cpu", bad))
+    with pytest.raises(ValueError, match="derived from its length"):
+        extend.check_extension(plan.make_settings("gpu"), plan.make_settings("gpu", {"pretrain_iterations": 3000}))
+    stages = plan.plan_stages(longer, tmp_path, hippocampus_dir, tmp_path / "datalist.json", plan.BANK_SUBJECTS)
+    anatomy = next(s for s in stages if s.name == "pretrain_anatomy")
+    assert anatomy.overrides["iterations_per_epoch"] == 80 and anatomy.overrides["num_iterations"] == 1600
+    partial = runner.partial_path(anatomy)
+    partial.mkdir(parents=True)
+    (partial / runner.RESUME_KEY).write_text("{}")  # the key of the shorter run
+    lines = extend.extend_pretraining(tmp_path, stages)
+    assert lines[0] == "pretrain_anatomy: continued (to 1600 iterations)"
+    assert lines[1] == "pretrain_primitives: not started yet (to 1600 iterations)"
+    assert json.loads((partial / runner.RESUME_KEY).read_text()) == runner.resume_key(tmp_path, anatomy)
 
 
 def test_runner_orders_by_prerequisites_and_refuses_missing_ones(tmp_path):

@@ -72,6 +72,40 @@ def is_done(out: Path, stage: Stage) -> bool:
     return all(need is not None and need["finished"] <= record["started"] for need in needs)
 
 
+def partial_path(stage: Stage) -> Path:
+    """The folder a stage fills while it runs."""
+    return stage.root.with_name(stage.root.name + ".partial")
+
+
+def resume_key(out: Path, stage: Stage) -> dict:
+    """What a resumable stage's partial folder must have been started with for a rerun to continue it."""
+    return {"command": stage.command(partial_path(stage)), "needs": {n: read_record(out, n) for n in stage.needs}}
+
+
+def reopen(out: Path, stage: Stage) -> str | None:
+    """Let a resumable stage continue under its current command (e.g. more iterations), keeping what it did so far.
+
+    A finished stage's folder goes back to its partial folder and its record is removed (so it runs again, and so do
+    the stages that need it); the partial folder's resume key is set to the current command. Returns what was done
+    (None: the stage had not started).
+    """
+    if not stage.resumable:
+        raise ValueError(f"stage {stage.name} is not resumable: it cannot be continued, only rerun")
+    partial = partial_path(stage)
+    done = None
+    if stage.root.is_dir():
+        if partial.exists():
+            raise RuntimeError(f"stage {stage.name} has both {stage.root} and {partial}: remove the one not wanted")
+        stage.root.rename(partial)
+        record_path(out, stage.name).unlink(missing_ok=True)
+        done = "reopened"
+    elif partial.is_dir():
+        done = "continued"
+    if done is not None:
+        write_json_atomic(partial / RESUME_KEY, resume_key(out, stage))
+    return done
+
+
 @dataclasses.dataclass
 class RunningStage:
     """A stage started by :class:`StageRunner`: its process, the folder it fills and when it started."""
@@ -102,8 +136,8 @@ class StageRunner:
         return self.out / "logs" / f"{stage.name}.log"
 
     def start(self, stage: Stage) -> RunningStage:
-        partial = stage.root.with_name(stage.root.name + ".partial")
-        key = {"command": stage.command(partial), "needs": {n: read_record(self.out, n) for n in stage.needs}}
+        partial = partial_path(stage)
+        key = resume_key(self.out, stage)
         key_file = partial / RESUME_KEY
         resuming = stage.resumable and key_file.is_file() and read_json(key_file, "resume key") == key
         if not resuming:

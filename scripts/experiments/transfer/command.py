@@ -19,6 +19,7 @@ import _bundles
 from experiments.runner import Stage, StageRunner
 from experiments.transfer import ablation
 from experiments.transfer.estimate import plan_lines
+from experiments.transfer.extend import check_extension, extend_pretraining
 from experiments.transfer.pack import pack, unpack
 from experiments.transfer.plan import (
     BANK_CLASS_MAP,
@@ -104,6 +105,7 @@ def run(
     bank_subjects: str = str(BANK_SUBJECTS),
     results_doc: str | None = None,
     dry_run: bool = False,
+    extend: bool = False,
     **overrides,
 ) -> dict:
     """Run (or resume) the experiment into ``out``; ``only`` selects stages by name pattern(s) (``'bank,pretrain_*'``).
@@ -113,7 +115,9 @@ def run(
     suite runs it; ``--quick`` is an alias). Any field of ``Settings`` can be overridden on top, e.g.
     ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage and
     runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` (and the Markdown to
-    ``results_doc`` when given) from every evaluation finished so far.
+    ``results_doc`` when given) from every evaluation finished so far. ``--extend True`` lengthens the pre-training of
+    an existing run (``--pretrain_iterations`` larger, ``--pretrain_val_points`` keeping the epoch length): the
+    pre-trainings continue from their last checkpoints (``experiments/transfer/extend.py``).
     """
     settings = make_settings(preset_name(preset, quick), overrides)
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
@@ -126,10 +130,19 @@ def run(
         return dry_run_plan(settings, out_path, dataset, subjects, jobs)
     check_device(settings.device)
     out_path.mkdir(parents=True, exist_ok=True)
-    record_settings(out_path / "settings.json", dataclasses.asdict(settings), "experiment settings")
+    settings_file = out_path / "settings.json"
+    if extend:
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"--extend: {settings_file} not found: extend an existing run's --out folder")
+        check_extension(Settings(**read_json(settings_file, "experiment settings")), settings)
+    else:
+        record_settings(settings_file, dataclasses.asdict(settings), "experiment settings")
     datalist = write_datalist(dataset, out_path / "datalist.json", settings.val_cases)
 
     stages = plan_stages(settings, out_path, dataset, datalist, subjects)
+    if extend:
+        print("\n".join(["extending the pre-training:", *extend_pretraining(out_path, stages)]), flush=True)
+        write_json_atomic(settings_file, dataclasses.asdict(settings))
     selected = select_stages(stages, only)
     commit = code_commit()
     StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
