@@ -153,7 +153,7 @@ class OrganPlacer:
         self.deform_vox = deform_mm / bank.spacing
         limits = (self.max_carve_fraction, self.min_inside_fraction, self.indent_fraction, self.max_embed_fraction)
         self.rules = InsertionRules(self.graph, *limits, enforce=self.use_topology)
-        self.parent_ids = {o: [bank.class_id(p) for p in self.rules.parents(self.graph, o)] for o in self.order}
+        self.parent_ids = {o: [bank.class_id(p) for p in self.rules.parents(o)] for o in self.order}
         prepared: dict[int, PreparedShape] = {}  # bank shapes are shared between the views below: prepare once
 
         def prepare(shape) -> PreparedShape:
@@ -239,8 +239,8 @@ class OrganPlacer:
             expected = self.anchors.expected_position(index, placed_pos, donor)
             tolerance = self.anchors.tolerance_mm(index, self.jitter_scale) if self.use_anchors else np.zeros(3)
             slack = self.reach_mm[organ] + np.linalg.norm(tolerance)
-            far = box_distance(expected, origin, origin + (np.asarray(self.patch_size) - 1) * spacing) > slack
-            if far and self.use_anchors:
+            far_corner = origin + (np.asarray(self.patch_size) - 1) * spacing
+            if self.use_anchors and box_distance(expected, origin, far_corner) > slack:  # without anchors: anywhere
                 record.unreachable.append(organ)
                 continue
             parents = [p for p in self.parent_ids[organ] if p in placed_ids]
@@ -410,16 +410,15 @@ class OrganPlacer:
             self._notify(cls_id, shape, warp, before, view, cand, parents)
             return None, 0, 0
         existing = view[hits].long()
-        violation, carved, overwritten, indents = self.rules.check(existing, cls_id, n, parents, _CLIP_FRACTION, sizes)
+        verdict = self.rules.check(existing, cls_id, n, parents, _CLIP_FRACTION, sizes)
+        violation, carved, overwritten, _, protected, disjoint = verdict
         if violation is None:
-            protected = self.rules.protected(existing, cls_id, indents)
             if not bool(protected.any()):  # only free or overwritable labels below: write the whole candidate
                 view.masked_fill_(cand, cls_id)
                 self._notify(cls_id, shape, warp, before, view, cand, parents)
                 return violation, carved, overwritten
             keep = torch.zeros_like(hits)
             keep[hits] = protected
-            disjoint = self.rules.disjoint(existing, cls_id)
             if bool(disjoint.any()):  # give up the voxels of disjoint organs and one more (not to end flush against
                 clipped = torch.zeros_like(hits)  # an organ it never touches), if few and the organ stays whole
                 clipped[hits] = disjoint

@@ -23,12 +23,16 @@ __all__ = ["InsertionRules", "Verdict"]
 class Verdict(NamedTuple):
     """What the rules say of a candidate: its ``violation`` (None: accepted), the voxels it leaves to the organs
     below (``carved``), the voxels it takes from its parents (``overwritten``) and whether it ``indents`` its adjacent
-    organs (keeps the voxels it shares with them) rather than being carved."""
+    organs (keeps the voxels it shares with them) rather than being carved. An accepted candidate also gets, per
+    covered label, whether that label stays (``protected``) and whether it belongs to a disjoint organ (``disjoint``),
+    so that the write needs no second lookup of the relation codes."""
 
     violation: Violation | None
     carved: int = 0
     overwritten: int = 0
     indents: bool = False
+    protected: torch.Tensor | None = None
+    disjoint: torch.Tensor | None = None
 
 
 class InsertionRules:
@@ -55,21 +59,21 @@ class InsertionRules:
         max_embed_fraction: float = 1.0,
         enforce: bool = True,
     ):
+        self.graph = graph
         self.organs = list(graph.organs)
         self.enforce = bool(enforce)
         codes = torch.from_numpy(graph.code_table().astype("int64"))
         if not self.enforce:
             codes = torch.where(codes == CODE_FREE, codes, torch.full_like(codes, CODE_OVERWRITE))
         self.table = codes
-        self.writable = (codes == CODE_FREE) | (codes == CODE_OVERWRITE)
         self.max_carve_fraction = float(max_carve_fraction) if self.enforce else 1.0
         self.min_inside_fraction = float(min_inside_fraction) if self.enforce else 0.0
         self.indent_fraction = float(indent_fraction)
         self.max_embed_fraction = float(max_embed_fraction)
 
-    def parents(self, graph: TopologyGraph, organ: str) -> list[str]:
+    def parents(self, organ: str) -> list[str]:
         """The organs ``organ`` must lie inside (none when the rules are not enforced)."""
-        return graph.parents(organ) if self.enforce else []
+        return self.graph.parents(organ) if self.enforce else []
 
     def check(
         self,
@@ -94,9 +98,10 @@ class InsertionRules:
         """
         codes = self.table[cls_id][existing]
         counts = torch.bincount(codes, minlength=5)
+        disjoint = codes == CODE_DISJOINT
         if counts[CODE_DISJOINT] > clip * n:
             neighbour = _most_common(existing, codes, CODE_DISJOINT)
-            return Verdict(Violation.disjoint(self.disjoint_hits(existing, cls_id), neighbour))
+            return Verdict(Violation.disjoint(self._names(existing[disjoint]), neighbour))
         n -= int(counts[CODE_DISJOINT])  # voxels clipped off are not the organ's
         carved, kept = int(counts[CODE_CARVE]), int(counts[CODE_KEEP])
         indents = False
@@ -109,9 +114,10 @@ class InsertionRules:
             inside = int(sum((existing == p).sum() for p in parents))
             if inside < self.min_inside_fraction * n:
                 return Verdict(Violation.inside_fraction(inside / n))
-        if indents:
-            return Verdict(None, kept, int(counts[CODE_OVERWRITE]), True)  # the audit counts the indented voxels
-        return Verdict(None, carved + kept, int(counts[CODE_OVERWRITE]))
+        protected = self._protected(codes, indents)
+        if indents:  # the audit counts the indented voxels
+            return Verdict(None, kept, int(counts[CODE_OVERWRITE]), True, protected, disjoint)
+        return Verdict(None, carved + kept, int(counts[CODE_OVERWRITE]), False, protected, disjoint)
 
     def _indents(self, existing, codes, carved: int, kept: int, n: int, sizes, margin: float) -> bool:
         """Whether the candidate may keep the voxels it shares with adjacent organs (see ``indent_fraction``)."""
@@ -124,19 +130,20 @@ class InsertionRules:
 
     def protected(self, existing: torch.Tensor, cls_id: int, indents: bool = False) -> torch.Tensor:
         """Which of the covered labels ``existing`` the new organ must leave as they are."""
-        if indents:
-            codes = self.table[cls_id][existing]
-            return (codes == CODE_DISJOINT) | (codes == CODE_KEEP)
-        return ~self.writable[cls_id][existing]
+        return self._protected(self.table[cls_id][existing], indents)
 
-    def disjoint(self, existing: torch.Tensor, cls_id: int) -> torch.Tensor:
-        """Which of the covered labels ``existing`` belong to organs the new organ must never touch."""
-        return self.table[cls_id][existing] == CODE_DISJOINT
+    @staticmethod
+    def _protected(codes: torch.Tensor, indents: bool) -> torch.Tensor:
+        if indents:  # adjacent organs give their shared voxels up; disjoint organs and inside children never do
+            return (codes == CODE_DISJOINT) | (codes == CODE_KEEP)
+        return (codes != CODE_FREE) & (codes != CODE_OVERWRITE)
 
     def disjoint_hits(self, existing: torch.Tensor, cls_id: int) -> list[str]:
         """Names of the organs among the labels ``existing`` that the new organ must avoid."""
-        hit = torch.unique(existing[self.disjoint(existing, cls_id)]).tolist()
-        return [self.organs[h - 1] for h in hit]
+        return self._names(existing[self.table[cls_id][existing] == CODE_DISJOINT])
+
+    def _names(self, labels: torch.Tensor) -> list[str]:
+        return [self.organs[h - 1] for h in torch.unique(labels).tolist()]
 
 
 def _most_common(labels: torch.Tensor, codes: torch.Tensor, *wanted: int) -> int | None:
