@@ -93,6 +93,28 @@ def bundle_command(
     return command + override_args(overrides or {})
 
 
+def parse_bundle_command(command: Sequence[str]) -> tuple[list[str], dict]:
+    """The config files and the overrides of a ``python -m monai.bundle run`` command line (``bundle_command``'s
+    output or a stage's recorded command), the values parsed as ``monai.bundle`` (fire) parses them; the command's
+    meta and logging files are left out."""
+    import fire.parser
+
+    args = list(command)
+    if "run" not in args:
+        raise ValueError(f"not a 'monai.bundle run' command: {' '.join(map(str, args))}")
+    pairs = args[args.index("run") + 1 :]
+    if len(pairs) % 2 or not all(str(key).startswith("--") for key in pairs[::2]):
+        raise ValueError(f"expected '--key value' pairs after 'run', got {pairs}")
+    parse = fire.parser.DefaultParseValue
+    overrides = {key[2:]: parse(value) for key, value in zip(pairs[::2], pairs[1::2], strict=True)}
+    if "config_file" not in overrides:
+        raise ValueError(f"no --config_file in the command {' '.join(map(str, args))}")
+    files = overrides.pop("config_file")
+    for key in ("meta_file", "logging_file"):
+        overrides.pop(key, None)
+    return [files] if isinstance(files, str) else list(files), overrides
+
+
 def bundle_workflow(
     bundle: str | os.PathLike,
     names: Sequence[str],

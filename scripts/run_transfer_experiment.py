@@ -13,6 +13,9 @@ segmentation more than primitive shapes, and more than no pre-training?
    differences anatomy - scratch and anatomy - primitives with 95 % bootstrap intervals, learning curves (tables and
    PNGs; reported only), commands, device, date, iterations and wall time per stage.
 
+``check_pretrain`` scores each pre-trained network on its own synthetic validation samples, by class and as foreground
+against background (``scripts/experiments/transfer/synthetic_check.py``).
+
 ``ablate`` runs the ablation arms on a finished (or running) main run's recipe: pre-training without anchors, without
 topology checks, with filled organs, and on a fixed pool of N distinct samples, each fine-tuned few-shot like the main
 arms and compared with the main run's full method (``scripts/experiments/transfer/ablation.py``).
@@ -29,6 +32,7 @@ on the generic stage runner ``scripts/experiments/runner.py``. Examples::
     python scripts/run_transfer_experiment.py run --out runs/cpu --preset cpu --seeds 0,1 --finetune_iterations 300
     python scripts/run_transfer_experiment.py run --out runs/transfer --only 'pretrain_*'
     python scripts/run_transfer_experiment.py ablate --out runs/ablation --main_run runs/transfer --dry_run
+    python scripts/run_transfer_experiment.py check_pretrain --out runs/transfer  # did each pre-training learn?
     python scripts/run_transfer_experiment.py pack --out runs/transfer --dest $OUT    # what must outlast a machine
     python scripts/run_transfer_experiment.py unpack --src returned/ --out runs/transfer
 """

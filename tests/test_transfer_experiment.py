@@ -24,6 +24,7 @@ import pytest
 import torch
 from experiments import runner
 from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, report, stats
+from experiments.transfer.command import check_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
@@ -801,12 +802,27 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
     assert prediction.shape[:3] == nib.load(hippocampus_dir / case["image"]).shape[:3]
     assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1, 2}
 
-    # a second run finds every stage done and rewrites the same table
+    # each pre-trained network scored on its own synthetic validation samples: the bundle's last validation round
+    check = check_pretrain(out=str(out), results_doc=str(doc))
+    for kind in ("anatomy", "primitives"):
+        (*_, last) = curves.read_curve(out / "pretrain" / kind / "runs" / curves.CURVE_FILE)
+        result = check["checks"][kind]
+        assert (
+            result["class_dice"] == pytest.approx(last["mean"], abs=1e-5) and result["iteration"] == last["iteration"]
+        )
+        assert result["weights"] == str(out / "pretrain" / kind / "models" / "model.pt")
+        assert 0.0 <= result["foreground_dice"] <= 1.0
+    assert json.loads((out / "pretrain_check.json").read_text()) == check
+
+    # a second run finds every stage done and rewrites the same table, keeping the check's section
     start = time.perf_counter()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert again.returncode == 0 and again.stdout.count("skip ") == 14 and "start " not in again.stdout
     assert time.perf_counter() - start < 60
     assert json.loads((out / "results.json").read_text())["results"] == summary["results"]
+    assert all(
+        "## Did each pre-training learn its synthetic task?" in page.read_text() for page in (doc, out / "results.md")
+    )
 
     # pack what must outlast a lent machine, unpack elsewhere: the next run resumes with nothing left to do
     packed = tmp_path / "packed"

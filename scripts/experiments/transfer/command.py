@@ -17,7 +17,7 @@ from pathlib import Path
 import _bundles
 
 from experiments.runner import Stage, StageRunner
-from experiments.transfer import ablation
+from experiments.transfer import ablation, synthetic_check
 from experiments.transfer.estimate import plan_lines
 from experiments.transfer.extend import check_extension, extend_pretraining
 from experiments.transfer.pack import pack, unpack
@@ -30,7 +30,7 @@ from experiments.transfer.plan import (
     read_datalist,
     write_datalist,
 )
-from experiments.transfer.report import results_table, summarise, write_results
+from experiments.transfer.report import results_table, summarise, write_results, write_section
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
 
@@ -222,7 +222,33 @@ def ablate(
     return summary
 
 
-COMMANDS = {"run": run, "ablate": ablate, "pack": pack, "unpack": unpack}
+def check_pretrain(
+    out: str = "runs/transfer",
+    num_samples: int | None = None,
+    names: str | Sequence[str] | None = None,
+    results_doc: str | None = None,
+) -> dict:
+    """Did each pre-training of the run ``out`` (``run``'s or ``ablate``'s folder) learn its synthetic task?
+
+    Scores each pre-trained network (the final one, or the newest checkpoint of one under way) on its bundle's
+    synthetic validation samples: class Dice (mean over the classes present) and foreground Dice (every class
+    against background). ``--names`` picks pre-trainings (``anatomy,primitives``); ``--num_samples`` the first N
+    validation samples (default: all the bundle validates on). Writes ``<out>/pretrain_check.json`` and a section
+    of ``<out>/results.md`` (and of ``results_doc`` when given) that ``run`` keeps
+    (``experiments/transfer/synthetic_check.py``).
+    """
+    out_path = Path(out).resolve()
+    chosen = None if names is None else only_patterns(names)
+    result = synthetic_check.check_run(out_path, num_samples, chosen)
+    write_json_atomic(out_path / synthetic_check.CHECK_FILE, result)
+    markdown = synthetic_check.check_markdown(result)
+    for page in [out_path / "results.md", *([Path(results_doc)] if results_doc else [])]:
+        write_section(page, synthetic_check.SECTION, markdown)
+    print(markdown)
+    return result
+
+
+COMMANDS = {"run": run, "ablate": ablate, "check_pretrain": check_pretrain, "pack": pack, "unpack": unpack}
 HELP_FLAGS = ("--help", "-h")
 
 
