@@ -99,6 +99,8 @@ def test_run_folder_offers_finished_and_running_pretrainings(tmp_path):
 
 def test_markdown_names_each_pretraining_and_marks_missing_values():
     check = {"iteration": 480, "samples": 16, "class_dice": 0.1496, "foreground_dice": None,
-             "foreground_volume_ratio": 0.72}  # fmt: skip
+             "foreground_volume_ratio": 0.72, "per_class": {"1": 0.0, "6": 0.55, "21": 0.64, "9": 0.1, "4": 0.02},
+             "class_names": {"1": "spleen", "6": "liver", "21": "spine", "9": "inferior_vena_cava"}}  # fmt: skip
     text = synthetic_check.check_markdown({"written": "2026-12-01T18:00:00Z", "checks": {"anatomy": check}})
-    assert "| anatomy | 480 | 16 | 0.150 | n/a | 0.720 |" in text and text.startswith("## Did each pre-training")
+    row = "| anatomy | 480 | 16 | 0.150 | n/a | 0.720 | spine 0.64, liver 0.55, inferior_vena_cava 0.10 | 2 of 5 |"
+    assert row in text and text.startswith("## Did each pre-training")

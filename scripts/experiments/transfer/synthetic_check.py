@@ -24,10 +24,13 @@ import torch
 
 from experiments.runner import RESUME_KEY, read_record, utc_now
 from synth_transforms.export import NETWORK_FILENAME, read_network_state
+from synth_transforms.generate import class_names
 from synth_transforms.io import read_json
 
 CHECK_FILE = "pretrain_check.json"  # in the run folder: the check of every pre-training
 SECTION = "pretrain_check"  # its section in a results page
+BEST = 4  # classes named in the table's "best classes" column
+FAILED = 0.05  # a class below this Dice counts as not learned in the table
 
 
 def pretrain_runs(out: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -127,6 +130,7 @@ def check_pretraining(folder: Path, command: Sequence[str], num_samples: int | N
     inferer = parser.get_parsed_content("validate#inferer")
     dataset = parser.get_parsed_content("validate#dataset")
     num_classes = int(parser.get_parsed_content("num_classes"))
+    names = synth_class_names(parser.get_parsed_content("synth"))
     count = len(dataset) if num_samples is None else min(int(num_samples), len(dataset))
     samples = []
     with torch.inference_mode():
@@ -136,7 +140,15 @@ def check_pretraining(folder: Path, command: Sequence[str], num_samples: int | N
             samples.append(dice_scores(prediction, item["label"][0], num_classes))
     if iteration is None:
         iteration = int(parser.get_parsed_content("num_iterations"))
-    return {"weights": str(weights), "iteration": iteration, **summarise_scores(samples)}
+    summary = summarise_scores(samples)
+    summary["class_names"] = {c: names[int(c)] for c in summary["per_class"]}
+    return {"weights": str(weights), "iteration": iteration, **summary}
+
+
+def synth_class_names(synth) -> list[str]:
+    """Class names by id (0 = background) of a bundle's synthesis transform: the bank's organs or the primitives."""
+    bank = getattr(synth.label_maker, "bank", None)
+    return class_names(primitives=bank is None, bank=bank)
 
 
 def check_run(out: Path, num_samples: int | None = None, names: Sequence[str] | None = None) -> dict:
@@ -162,12 +174,17 @@ def check_markdown(result: Mapping) -> str:
         "`val_mean_dice`); foreground Dice merges every class against the background (were the shapes found, "
         "whatever their class?).",
         "",
-        "| pre-training | iteration | samples | class Dice | foreground Dice | predicted / true foreground |",
-        "|---|---|---|---|---|---|",
+        "| pre-training | iteration | samples | class Dice | foreground Dice | predicted / true foreground | best "
+        "classes | classes at Dice < 0.05 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, check in result["checks"].items():
         cells = [name, str(check["iteration"]), str(check["samples"])]
         cells += [_fmt(check[key]) for key in ("class_dice", "foreground_dice", "foreground_volume_ratio")]
+        ranked = sorted(check["per_class"].items(), key=lambda item: -item[1])
+        title = check.get("class_names", {})
+        cells.append(", ".join(f"{title.get(c, c)} {d:.2f}" for c, d in ranked[:BEST] if d >= FAILED))
+        cells.append(f"{sum(d < FAILED for d in check['per_class'].values())} of {len(ranked)}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
