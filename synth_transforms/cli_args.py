@@ -15,7 +15,7 @@ from pathlib import Path
 from ._args import fail
 from .io import read_json
 
-__all__ = ["LABEL_MAP_SUFFIXES", "json_object", "names", "organ_spec", "resolve_label_maps"]
+__all__ = ["LABEL_MAP_SUFFIXES", "comma_items", "json_object", "names", "organ_spec", "resolve_label_maps"]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 # Fire parses ``{"a": false}`` itself and reads JSON's bare words as names, i.e. the strings below: turned back.
@@ -35,6 +35,18 @@ def _json_list(text: str, what: str):
     return None
 
 
+def comma_items(value) -> list:
+    """The items of a flag given as one value, a comma string (``"a, b"``) or a list/tuple (fire turns ``a,b`` into
+    one): string items are split at their commas and stripped, blank ones dropped; order kept; None gives []."""
+    items: list = []
+    for item in [] if value is None else value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, str):
+            items += [part.strip() for part in item.split(",") if part.strip()]
+        else:
+            items.append(item)
+    return items
+
+
 def names(value, what: str = "names") -> list[str] | None:
     """Names from None, a list/tuple (fire turns ``a,b`` into a tuple), a JSON list, or a comma-separated string."""
     if value is None:
@@ -42,7 +54,7 @@ def names(value, what: str = "names") -> list[str] | None:
     if isinstance(value, str):
         listed = _json_list(value, what)
         if listed is None:
-            return [v.strip() for v in value.split(",") if v.strip()]
+            return comma_items(value)
         value = listed
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
         raise fail(what, "a comma list, a JSON list or a .json file holding a list of names", value)

@@ -390,6 +390,15 @@ def test_json_object_reads_text_files_and_what_fire_made_of_json(tmp_path):
         json_object(str(tmp_path / "missing.json"), "p")
 
 
+def test_comma_items_reads_every_form_a_flag_takes():
+    from synth_transforms.cli_args import comma_items, names
+
+    assert comma_items(None) == [] and comma_items("") == [] and comma_items(3) == [3]
+    assert comma_items(" a, b ,,c ") == ["a", "b", "c"]
+    assert comma_items(("a,b", "c", 4)) == ["a", "b", "c", 4]  # fire's tuple, a string item split again
+    assert names("liver, spleen") == ["liver", "spleen"] and names('["a,b"]') == ["a,b"]  # a JSON name is kept whole
+
+
 def test_bench_times_both_transforms(capsys):
     result = cli.bench(n=2, patch_size=SMALL)
     assert result["anatomy"] > 0 and result["primitives"] > 0

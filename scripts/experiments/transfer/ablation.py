@@ -23,6 +23,7 @@ from experiments.transfer import plan, report
 from experiments.transfer.curves import CURVE_FILE, read_curve, write_curve_png
 from experiments.transfer.stats import regime_statistics
 from synth_transforms._args import check_choice, check_positive_int, fail
+from synth_transforms.cli_args import comma_items
 from synth_transforms.io import atomic_path, read_json, write_json_atomic
 
 OVERLAYS = {"no_anchors": "no_anchors.json", "no_topology": "no_topology.json", "fill": "fill.json"}
@@ -71,11 +72,7 @@ class AblationSettings:
 
 def _items(value, name: str) -> tuple:
     """A tuple from None (empty), a list, a tuple, a comma string or one value; duplicates refused."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    items = tuple(comma_items(value))
     if len(set(items)) != len(items):
         raise fail(name, "distinct values", value, OWNER)
     return items

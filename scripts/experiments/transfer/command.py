@@ -31,6 +31,7 @@ from experiments.transfer.plan import (
     write_datalist,
 )
 from experiments.transfer.report import results_table, summarise, write_results, write_section
+from synth_transforms.cli_args import comma_items
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
 
@@ -75,8 +76,7 @@ def code_commit(repo: Path = _bundles.REPO) -> str:
 
 def only_patterns(only: str | Sequence[str]) -> list[str]:
     """The name patterns of ``--only``: a list (fire makes one of ``a,b``) or a comma string (``'bank,pretrain_*'``)."""
-    items = [only] if isinstance(only, str) else list(only)
-    return [pattern.strip() for item in items for pattern in str(item).split(",") if pattern.strip()]
+    return [str(pattern) for pattern in comma_items(only)]
 
 
 def select_stages(stages: Sequence[Stage], only: str | Sequence[str]) -> list[Stage]:

@@ -13,6 +13,7 @@ import _bundles
 
 from experiments.runner import Stage
 from synth_transforms._args import as_size3, check_choice, check_positive, check_positive_int, fail
+from synth_transforms.cli_args import comma_items
 from synth_transforms.io import read_json, write_json_atomic
 
 ARMS = ("scratch", "primitives", "anatomy")
@@ -105,9 +106,8 @@ class Settings:
 
 def parse_seeds(value, name: str, owner: str = OWNER) -> tuple[int, ...]:
     """Seeds from a list, a tuple, one integer or a comma string (``"0,1,2"``): one or more distinct integers."""
-    seeds = value if isinstance(value, (list, tuple)) else str(value).split(",")
     try:
-        parsed = tuple(int(seed) for seed in seeds)
+        parsed = tuple(int(seed) for seed in comma_items(value))
     except ValueError:
         raise fail(name, "integers (e.g. 0,1,2)", value, owner) from None
     if not parsed or len(set(parsed)) != len(parsed):
