@@ -5,6 +5,7 @@ run folder offers. The check of real pre-trainings runs in ``test_transfer_exper
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import _bundles
 import pytest
@@ -101,6 +102,7 @@ def test_markdown_names_each_pretraining_and_marks_missing_values():
     check = {"iteration": 480, "samples": 16, "class_dice": 0.1496, "foreground_dice": None,
              "foreground_volume_ratio": 0.72, "per_class": {"1": 0.0, "6": 0.55, "21": 0.64, "9": 0.1, "4": 0.02},
              "class_names": {"1": "spleen", "6": "liver", "21": "spine", "9": "inferior_vena_cava"}}  # fmt: skip
-    text = synthetic_check.check_markdown({"written": "2026-12-01T18:00:00Z", "checks": {"anatomy": check}})
+    text = synthetic_check.check_markdown({"written": "2026-12-01T18:00:00Z", "checks": {"anatomy": check}}, "cpu run")
     row = "| anatomy | 480 | 16 | 0.150 | n/a | 0.720 | spine 0.64, liver 0.55, inferior_vena_cava 0.10 | 2 of 5 |"
-    assert row in text and text.startswith("## Did each pre-training")
+    assert row in text and text.startswith("## Did each pre-training learn its synthetic task? (cpu run)\n")
+    assert synthetic_check.section_name(Path("/runs/transfer-cpu.2")) == "pretrain_check_transfer_cpu_2"

@@ -234,16 +234,16 @@ def check_pretrain(
     synthetic validation samples: class Dice (mean over the classes present) and foreground Dice (every class
     against background). ``--names`` picks pre-trainings (``anatomy,primitives``); ``--num_samples`` the first N
     validation samples (default: all the bundle validates on). Writes ``<out>/pretrain_check.json`` and a section
-    of ``<out>/results.md`` (and of ``results_doc`` when given) that ``run`` keeps
+    of ``<out>/results.md`` (and of ``results_doc`` when given; one section per run folder) that ``run`` keeps
     (``experiments/transfer/synthetic_check.py``).
     """
     out_path = Path(out).resolve()
     chosen = None if names is None else only_patterns(names)
     result = synthetic_check.check_run(out_path, num_samples, chosen)
     write_json_atomic(out_path / synthetic_check.CHECK_FILE, result)
-    markdown = synthetic_check.check_markdown(result)
+    markdown = synthetic_check.check_markdown(result, out_path.name)
     for page in [out_path / "results.md", *([Path(results_doc)] if results_doc else [])]:
-        write_section(page, synthetic_check.SECTION, markdown)
+        write_section(page, synthetic_check.section_name(out_path), markdown)
     print(markdown)
     return result
 

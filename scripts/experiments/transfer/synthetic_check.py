@@ -16,6 +16,7 @@ or, for a pre-training still under way, its newest epoch checkpoint.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from synth_transforms.generate import class_names
 from synth_transforms.io import read_json
 
 CHECK_FILE = "pretrain_check.json"  # in the run folder: the check of every pre-training
-SECTION = "pretrain_check"  # its section in a results page
+SECTION = "pretrain_check"  # its section in a results page: pretrain_check_<run folder name>, one per run
 BEST = 4  # classes named in the table's "best classes" column
 FAILED = 0.05  # a class below this Dice counts as not learned in the table
 
@@ -164,10 +165,17 @@ def check_run(out: Path, num_samples: int | None = None, names: Sequence[str] | 
     }
 
 
-def check_markdown(result: Mapping) -> str:
-    """The check as a results-page section: one row per pre-training."""
+def section_name(out: Path) -> str:
+    """The results-page section of the check of the run ``out``: one per run folder, so that the main run's and an
+    ablation's checks stand side by side in one page."""
+    return SECTION + "_" + re.sub(r"\W", "_", Path(out).resolve().name)
+
+
+def check_markdown(result: Mapping, run: str | None = None) -> str:
+    """The check as a results-page section: one row per pre-training (``run``: the run's name, in the title)."""
+    title = "Did each pre-training learn its synthetic task?" + (f" ({run})" if run else "")
     lines = [
-        "## Did each pre-training learn its synthetic task?",
+        f"## {title}",
         "",
         f"Written {result['written']} by `scripts/run_transfer_experiment.py check_pretrain`: each network on its "
         "bundle's synthetic validation samples. Class Dice is the mean over the classes present (the bundle's "
