@@ -8,6 +8,8 @@
 - :class:`CaseRecordSaver`: when training completes, writes which cases it used (``train_cases.json``).
 - :class:`ClassMetricsSaver`: MONAI's ``MetricsSaver`` with the CSV columns named by class.
 - :func:`every`: ignite's every-n-th-event filter, for ``StatsHandler(iteration_log=every(50))``.
+- :func:`foreground_pairs`: the ``output_transform`` of a foreground Dice (``MeanDice`` of every class merged
+  against the background: are the shapes found at all, whatever class they are given?).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
-from monai.handlers import MetricsSaver
+from monai.handlers import MetricsSaver, from_engine
 from monai.handlers.utils import write_metrics_reports
 from monai.utils import string_list_all_gather
 
@@ -34,6 +36,7 @@ __all__ = [
     "CaseRecordSaver",
     "ClassMetricsSaver",
     "every",
+    "foreground_pairs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,21 @@ def every(n: int) -> Callable[[Engine, int], bool]:
     if int(n) < 1:
         raise ValueError(f"every: n must be a positive integer, got {n!r}")
     return Events.every_event_filter(int(n))
+
+
+def foreground_pairs(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``output_transform`` of a foreground Dice: the engine's one-hot ``pred`` and ``label`` of each item, with every
+    class but the background (channel 0) merged into one foreground channel: ``(2, ...)`` tensors, background first.
+    With ``MeanDice(include_background=False)`` it scores the foreground alone."""
+    predictions, labels = from_engine(["pred", "label"])(output)
+    return [_foreground(p) for p in predictions], [_foreground(label) for label in labels]
+
+
+def _foreground(one_hot: torch.Tensor) -> torch.Tensor:
+    if one_hot.ndim < 2 or one_hot.shape[0] < 2:
+        raise ValueError(f"foreground_pairs: expected one-hot (C >= 2, ...) tensors, got shape {tuple(one_hot.shape)}")
+    foreground = one_hot[1:].sum(0, keepdim=True) > 0
+    return torch.cat([~foreground, foreground]).to(one_hot.dtype)
 
 
 class SyntheticEpochHandler:

@@ -283,7 +283,8 @@ class TrainingBudget:
 # ---------------------------------------------------------------------------------------------- curves
 class ValidationCurveWriter:
     """Append one JSON line per validation round to ``path``: ``{"iteration", "epoch", <metric>: value,
-    "per_class": {name: value}}``, the trainer's iteration and epoch at the time of the round.
+    "per_class": {name: value}, <other metric>: value, ...}``, the trainer's iteration and epoch at the time of the
+    round; the other metrics are the evaluator's further scalar ones (e.g. its ``additional_metrics``).
 
     ``per_class`` is the mean over validation images of the metric's details (``save_details=True``, the default
     of MONAI's ``MeanDice``), ignoring images where a class is absent; a class absent from every image is left out.
@@ -341,6 +342,9 @@ class ValidationCurveWriter:
         details = (getattr(evaluator.state, "metric_details", None) or {}).get(name)
         if details is not None:
             line["per_class"] = self._per_class(torch.as_tensor(details))
+        for other, value in evaluator.state.metrics.items():
+            if other not in line and torch.as_tensor(value).numel() == 1:
+                line[other] = _number(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")

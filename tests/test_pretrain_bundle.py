@@ -248,6 +248,18 @@ def test_tiny_training_run_exports_encoder_and_network(uninterrupted):
     assert all(0.0 <= v <= 1.0 for v in present)
     assert curve[-1]["val_mean_dice"] == pytest.approx(sum(present) / len(present), abs=1e-5)
 
+    # the foreground Dice of the last round: every organ merged against the background, from the final network
+    (sample,) = parser.get_parsed_content("validate#dataset")  # cpu_smoke.json validates on one sample
+    network.eval()
+    try:
+        with torch.no_grad():
+            found = network(sample["image"][None]).argmax(1)[0] > 0
+    finally:
+        network.train()
+    truth = sample["label"][0] > 0
+    expected = 2 * float((found & truth).sum()) / float(found.sum() + truth.sum())
+    assert curve[-1]["val_foreground_dice"] == pytest.approx(expected, abs=1e-5)
+
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(uninterrupted, tmp_path):
     with _one_thread():

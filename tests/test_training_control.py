@@ -245,13 +245,13 @@ def test_failed_arm_is_marked_so_peers_go_on(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- curves
-def _evaluator(values: list[list[float]]) -> Engine:
+def _evaluator(values: list[list[float]], **others) -> Engine:
     evaluator = Engine(lambda e, b: None)
 
     @evaluator.on(Events.COMPLETED)
     def _metrics(engine):  # as MONAI's MeanDice leaves them: the mean over present classes, and the details
         details = torch.tensor(values)
-        engine.state.metrics = {"val_mean_dice": float(details.nanmean())}
+        engine.state.metrics = {"val_mean_dice": float(details.nanmean()), **others}
         engine.state.metric_details = {"val_mean_dice": details}
         engine.state.key_metric_name = "val_mean_dice"
 
@@ -278,6 +278,42 @@ def test_validation_curve_lines_and_resume_truncation(tmp_path):
     resumed.run(range(2), max_epochs=2)  # the restored iteration keeps line 1 and drops line 2
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["iteration"] for line in lines] == [2] and set(lines[0]["per_class"]) == {"1", "3"}
+
+
+def test_validation_curve_records_the_other_scalar_metrics(tmp_path):
+    others = {"val_foreground_dice": torch.tensor(0.8125), "val_hd95": torch.tensor([3.0, 5.0])}
+    evaluator = _evaluator([[0.5, 0.3]], **others)
+    path = tmp_path / "validation_curve.jsonl"
+    trainer = Engine(lambda e, b: None)
+    ValidationCurveWriter(evaluator, path).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    trainer.run(range(1), max_epochs=1)
+    (line,) = [json.loads(text) for text in path.read_text().splitlines()]
+    assert line["val_foreground_dice"] == 0.8125 and "val_hd95" not in line  # a per-class tensor is not a scalar
+    assert list(line)[:4] == ["iteration", "epoch", "val_mean_dice", "per_class"]
+
+
+def test_foreground_pairs_merge_every_class_against_the_background():
+    from monai.handlers import MeanDice, from_engine
+
+    from synth_transforms.handlers import foreground_pairs
+
+    label = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    label[0, :2] = 1
+    label[0, 2:, :2] = 2
+    swapped = torch.where(label > 0, 3 - label, 0)  # every organ found, every class wrong
+    one_hot = [torch.nn.functional.one_hot(x[0], 3).movedim(-1, 0).float() for x in (swapped, label)]
+    (prediction,), (truth,) = foreground_pairs([{"pred": one_hot[0], "label": one_hot[1]}])
+    assert prediction.shape == (2, 4, 4, 4) and torch.equal(prediction, truth)
+    assert torch.equal(truth[1], (label[0] > 0).float()) and torch.equal(truth[0], (label[0] == 0).float())
+
+    engine = Engine(lambda e, batch: [{"pred": one_hot[0], "label": one_hot[1]}])
+    MeanDice(include_background=False, output_transform=foreground_pairs).attach(engine, "foreground")
+    MeanDice(include_background=False, output_transform=from_engine(["pred", "label"])).attach(engine, "classes")
+    engine.run([0])
+    assert engine.state.metrics == {"foreground": 1.0, "classes": 0.0}
+    with pytest.raises(ValueError, match=r"one-hot \(C >= 2, ...\) tensors, got shape \(1, 4, 4, 4\)"):
+        foreground_pairs([{"pred": label.float(), "label": label.float()}])
 
 
 def test_epoch_handler_follows_the_restored_trainer_and_warns_mid_epoch(caplog):
