@@ -446,6 +446,14 @@ def test_read_curve_and_seed_average(tmp_path):
     runs = {0: [{"iteration": 50, "mean": 0.2}, {"iteration": 100, "mean": 0.4}], 1: [{"iteration": 50, "mean": 0.4}]}
     assert curves.seed_average(runs) == [(50, pytest.approx(0.3), pytest.approx(0.1414213562), 2), (100, 0.4, None, 1)]
 
+    path.write_text(
+        '{"iteration": 80, "val_mean_dice": 0.1, "val_foreground_dice": 0.7}\n{"iteration": 160, "mean": 0.2}\n'
+    )
+    pretrain = curves.read_curve(path)
+    assert pretrain == [{"iteration": 80, "mean": 0.1, "foreground": 0.7}, {"iteration": 160, "mean": 0.2}]
+    table = report.curve_tables({"curves": {"pretrain": {"anatomy": pretrain}}})
+    assert "| anatomy | 80: 0.100 (0.700), 160: 0.200 |" in table
+
 
 def test_curve_png_is_written_atomically(tmp_path):
     pytest.importorskip("matplotlib")

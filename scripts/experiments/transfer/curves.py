@@ -15,11 +15,13 @@ from synth_transforms.io import atomic_path
 
 CURVE_FILE = "validation_curve.jsonl"
 MEAN_KEYS = ("mean_dice", "val_mean_dice", "mean", "dice")  # the mean Dice of a round, by the first key present
+FOREGROUND_KEY = "val_foreground_dice"  # the pre-training's foreground Dice of a round, when recorded (bundle >= 0.1.3)
 
 
 def read_curve(path: Path) -> list[dict]:
-    """The rounds of one ``validation_curve.jsonl`` as ``{"iteration", "mean"}`` (plus ``"per_class"`` when
-    recorded), sorted by iteration; a round recorded twice (a resumed run) counts once, the later record."""
+    """The rounds of one ``validation_curve.jsonl`` as ``{"iteration", "mean"}`` (plus ``"per_class"`` and
+    ``"foreground"`` when recorded), sorted by iteration; a round recorded twice (a resumed run) counts once, the
+    later record."""
     rounds: dict[int, dict] = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -35,6 +37,8 @@ def read_curve(path: Path) -> list[dict]:
         per_class = record.get("per_class")
         if isinstance(per_class, Mapping):
             point["per_class"] = {str(k): float(v) for k, v in per_class.items()}
+        if FOREGROUND_KEY in record:
+            point["foreground"] = float(record[FOREGROUND_KEY])
         rounds[point["iteration"]] = point
     return [rounds[i] for i in sorted(rounds)]
 
