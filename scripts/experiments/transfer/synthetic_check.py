@@ -22,10 +22,12 @@ from pathlib import Path
 
 import _bundles
 import torch
+from monai.metrics import compute_dice
 
 from experiments.runner import RESUME_KEY, read_record, utc_now
 from synth_transforms.export import NETWORK_FILENAME, read_network_state
 from synth_transforms.generate import class_names
+from synth_transforms.handlers import foreground_pairs
 from synth_transforms.io import read_json
 
 CHECK_FILE = "pretrain_check.json"  # in the run folder: the check of every pre-training
@@ -74,17 +76,20 @@ def dice_scores(prediction: torch.Tensor, label: torch.Tensor, num_classes: int)
     """Dice of one ``(H, W, D)`` class map against its label: ``{"per_class": {class: Dice}}`` for the classes
     present in the label (background left out), ``"foreground"`` (every class against background; None when the
     label has no foreground) and ``"volume_ratio"`` (predicted / true foreground voxels)."""
-    from monai.metrics import compute_dice  # imported here: the rest of the experiment tooling runs without MONAI
-
     if prediction.shape != label.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in shape")
-    one_hot = [torch.nn.functional.one_hot(x.long(), num_classes).movedim(-1, 0)[None] for x in (prediction, label)]
-    dice = compute_dice(*one_hot, include_background=False, ignore_empty=True)[0]
+    one_hot = [torch.nn.functional.one_hot(x.long(), num_classes).movedim(-1, 0) for x in (prediction, label)]
+    dice = compute_dice(*(x[None] for x in one_hot), include_background=False, ignore_empty=True)[0]
     per_class = {str(c + 1): float(d) for c, d in enumerate(dice) if not math.isnan(float(d))}
+    # the bundle's own foreground metric (val_foreground_dice): every class merged against the background
+    merged = foreground_pairs([{"pred": one_hot[0], "label": one_hot[1]}])
+    foreground = float(compute_dice(*(x[0][None] for x in merged), include_background=False, ignore_empty=True))
     truth, found = int((label > 0).sum()), int((prediction > 0).sum())
-    overlap = int(((label > 0) & (prediction > 0)).sum())
-    foreground = 2 * overlap / (truth + found) if truth else None
-    return {"per_class": per_class, "foreground": foreground, "volume_ratio": found / truth if truth else None}
+    return {
+        "per_class": per_class,
+        "foreground": None if math.isnan(foreground) else foreground,
+        "volume_ratio": found / truth if truth else None,
+    }
 
 
 def summarise_scores(samples: Sequence[Mapping]) -> dict:
