@@ -1,7 +1,7 @@
 """Build the default shape bank shipped with the package from the 5 TotalSegmentator subjects.
 
-    python scripts/build_default_bank.py [--data ../shared/data/shape_bank_subjects]
-        [--out synth_transforms/data/default_bank.npz] [--spacing 1.5]
+python scripts/build_default_bank.py [--data ../shared/data/shape_bank_subjects]
+    [--out synth_transforms/data/default_bank.npz] [--spacing 1.5]
 """
 
 from __future__ import annotations

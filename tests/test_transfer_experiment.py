@@ -1,9 +1,9 @@
 """The transfer experiment (``scripts/run_transfer_experiment.py`` on ``scripts/experiments``): its presets and stage
-plan, the dry run's time estimate, the generic resumable stage runner, result tables and statistics (paired
-differences with bootstrap intervals, learning curves and their PNG), pack/unpack, the ablation on top of a main run
-(plan, refusals, report), the command line's ``--only`` and ``--help``, and the ``--quick`` CPU run of the whole path
-through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder and from
-scratch, evaluate, then segment with the inference config)."""
+plan, the dry run's time estimate, a run's status, the generic resumable stage runner, result tables and statistics
+(paired differences with bootstrap intervals, learning curves and their PNG), pack/unpack, the ablation on top of a
+main run (plan, refusals, report), the command line's ``--only`` and ``--help``, and the ``--quick`` CPU run of the
+whole path through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder
+and from scratch, evaluate, then segment with the inference config)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from experiments import runner
-from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, report, stats
+from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, progress, report, stats
 from experiments.transfer.command import check_pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +183,70 @@ def test_schedule_runs_stages_as_the_runner_does():
     step = estimate.StepTime(seconds=4.0, voxels=1000, batch=2, threads=1)
     assert step.scaled(2000, 2, 1) == pytest.approx(8.0)
     assert step.scaled(1000, 2, 2) == pytest.approx(4.0 / estimate.THREAD_SPEEDUP)
+
+
+def write_record(run: Path, name: str, ok: bool, started: str, finished: str, wall_s: float = 60.0) -> None:
+    record = {"stage": name, "ok": ok, "wall_s": wall_s, "started": started, "finished": finished}
+    runner.record_path(run, name).parent.mkdir(parents=True, exist_ok=True)
+    runner.record_path(run, name).write_text(json.dumps(record))
+
+
+def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_dir, capsys):
+    cpu = plan.make_settings("cpu", {"seeds": "0,1"})
+    run = fake_main_run(tmp_path / "run", cpu)
+    with pytest.raises(FileNotFoundError, match="settings.json not found"):
+        command.status(out=str(tmp_path / "nothing"), dataset_dir=str(hippocampus_dir))
+    _, stages = progress.run_plan(run, hippocampus_dir)
+    sizes = {"train_cases": 10, "val_cases": 40}
+    waiting = {stage.name: progress.StageProgress(stage.name, "waiting", stage.iterations) for stage in stages}
+    dry_run = estimate.schedule(stages, {s.name: estimate.estimate_seconds(s, cpu, 1, **sizes) for s in stages}, 2)
+    assert progress.time_left(stages, waiting, cpu, 2, 2, sizes) == max(f for _, f in dry_run.values())
+
+    write_record(run, "bank", True, "2026-12-01T10:00:00Z", "2026-12-01T10:01:00Z")
+    curve = run / "pretrain" / "anatomy.partial" / progress.CURVE_FILE
+    curve.parent.mkdir(parents=True)
+    total, halfway = cpu.pretrain_iterations, cpu.pretrain_iterations // 2
+    rounds = [{"iteration": 80, "val_mean_dice": 0.1}, {"iteration": halfway, "val_mean_dice": 0.25}]
+    curve.write_text("".join(json.dumps(r) + "\n" for r in rounds) + '{"iteration": 12')  # cut by a kill
+    (run / "pretrain" / "primitives.partial").mkdir()
+    write_record(run, "finetune_few_shot_scratch_seed0", False, "2026-12-01T10:00:00Z", "2026-12-01T10:30:00Z")
+    (run / "finetune" / "few_shot_scratch_seed1").mkdir(parents=True)  # a finished folder without its record
+
+    data = command.status(out=str(run), jobs=2, dataset_dir=str(hippocampus_dir))
+    printed = capsys.readouterr().out.splitlines()
+    states = {p["name"]: p for p in data["stages"]}
+    assert states["bank"]["state"] == "done" and states["bank"]["wall_s"] == 60.0
+    anatomy = states["pretrain_anatomy"]
+    assert (anatomy["state"], anatomy["done_iterations"], anatomy["last_dice"]) == ("started", halfway, 0.25)
+    primitives = states["pretrain_primitives"]
+    assert primitives["state"] == "started" and primitives["done_iterations"] is None
+    assert states["finetune_few_shot_scratch_seed0"]["state"] == "failed"
+    assert states["finetune_few_shot_scratch_seed1"]["state"] == "waiting"
+    assert data["counts"] == {"done": 1, "started": 2, "failed": 1, "waiting": len(stages) - 4}
+    assert printed[0].endswith(f"{len(stages)} stages: 1 done, 2 started, 1 failed, {len(stages) - 4} waiting")
+    assert "  started  pretrain_anatomy " in printed[2] and f"{halfway} of {total} iterations validated" in printed[2]
+    assert printed[2].endswith("validation Dice 0.250") and printed[3].endswith("no validation round yet")
+    assert printed[-1].startswith("time left: about ") and len(printed) == len(stages) + 2
+
+    by_name = {stage.name: stage for stage in stages}
+    now = {name: progress.stage_progress(run, stage) for name, stage in by_name.items()}
+    half = estimate.estimate_seconds(by_name["pretrain_anatomy"], cpu, 1, **sizes) / 2
+    only_anatomy = [by_name["pretrain_anatomy"]]  # what the started anatomy pre-training has left: half its estimate
+    assert progress.time_left(only_anatomy, now, cpu, 2, 2, sizes) == pytest.approx(half)
+    assert data["time_left_s"] < progress.time_left(stages, waiting, cpu, 2, 2, sizes)
+
+    ablation_out = tmp_path / "ablation"
+    ablation_out.mkdir()
+    choices = ablation.AblationSettings(str(run), "fill", (), "0")
+    recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(cpu)}
+    (ablation_out / "settings.json").write_text(json.dumps(recorded))
+    names = [p["name"] for p in command.status(out=str(ablation_out), dataset_dir=str(hippocampus_dir))["stages"]]
+    assert names == ["pretrain_fill", "finetune_few_shot_fill_seed0", "evaluate_few_shot_fill_seed0"]
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    (gpu / "settings.json").write_text(json.dumps(dataclasses.asdict(plan.make_settings("gpu"))))
+    command.status(out=str(gpu), dataset_dir=str(hippocampus_dir))
+    assert capsys.readouterr().out.splitlines()[-1].startswith("time left: no estimate on cuda")
 
 
 def test_plan_has_every_arm_regime_and_seed(tmp_path, hippocampus_dir):

@@ -17,7 +17,7 @@ from pathlib import Path
 import _bundles
 
 from experiments.runner import Stage, StageRunner
-from experiments.transfer import ablation, synthetic_check
+from experiments.transfer import ablation, progress, synthetic_check
 from experiments.transfer.estimate import plan_lines
 from experiments.transfer.extend import check_extension, extend_pretraining
 from experiments.transfer.pack import pack, unpack
@@ -248,7 +248,24 @@ def check_pretrain(
     return result
 
 
-COMMANDS = {"run": run, "ablate": ablate, "check_pretrain": check_pretrain, "pack": pack, "unpack": unpack}
+def status(out: str = "runs/transfer", jobs: int = 1, dataset_dir: str = str(DEFAULT_DATASET)) -> dict:
+    """Where the run ``out`` (``run``'s or ``ablate``'s folder) stands: each stage done, failed, started (with its
+    last validation round) or waiting, and the wall time left with ``jobs`` stages at a time. Reads the folder only,
+    so it can be asked while the run goes on (``experiments/transfer/progress.py``)."""
+    cores = os.cpu_count() or 1
+    lines, data = progress.status_lines(Path(out).resolve(), Path(dataset_dir).resolve(), int(jobs), cores)
+    print("\n".join(lines))
+    return data
+
+
+COMMANDS = {
+    "run": run,
+    "ablate": ablate,
+    "check_pretrain": check_pretrain,
+    "status": status,
+    "pack": pack,
+    "unpack": unpack,
+}
 HELP_FLAGS = ("--help", "-h")
 
 

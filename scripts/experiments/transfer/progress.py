@@ -1,0 +1,139 @@
+"""Where a run stands (``status``): every stage of a ``run`` or ``ablate`` folder done, failed, started or waiting;
+how far a started training got (its last validation round); and the wall time left, estimated as the dry run
+estimates it and scheduled as the stage runner runs the stages. Reads the folder only: it starts nothing, so it can
+be asked while the run goes on, or between sessions of a run that resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments.runner import Stage, is_done, partial_path, read_record
+from experiments.transfer import ablation
+from experiments.transfer.estimate import estimate_seconds, format_duration, schedule, stage_threads
+from experiments.transfer.plan import Settings, plan_stages, read_datalist
+from synth_transforms.io import read_json
+
+CURVE_FILE = Path("runs") / "validation_curve.jsonl"  # in a bundle stage's folder: one line per validation round
+
+
+@dataclasses.dataclass(frozen=True)
+class StageProgress:
+    """One stage's state: ``done``, ``failed``, ``started`` (a partial folder: running, or stopped and resumable)
+    or ``waiting``; for a started training, the iteration and Dice of its last validation round."""
+
+    name: str
+    state: str
+    iterations: int | None = None
+    done_iterations: int | None = None
+    last_dice: float | None = None
+    wall_s: float | None = None
+    finished: str | None = None
+
+    @property
+    def fraction_left(self) -> float:
+        if self.state == "done":
+            return 0.0
+        if self.iterations and self.done_iterations:
+            return max(0.0, 1.0 - self.done_iterations / self.iterations)
+        return 1.0
+
+
+def run_plan(out: Path, dataset_dir: Path) -> tuple[Settings, list[Stage]]:
+    """The recorded settings of the run in ``out`` (``run``'s or ``ablate``'s ``settings.json``) and its stages."""
+    path = out / "settings.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --out must be a folder that `run` or `ablate` has started")
+    recorded = read_json(path, "run settings")
+    if "ablation" in recorded:
+        settings = Settings(**recorded["main_settings"])
+        choices = ablation.AblationSettings(**recorded["ablation"])
+        return settings, ablation.ablation_stages(settings, choices, out, dataset_dir)
+    settings = Settings(**recorded)
+    return settings, plan_stages(settings, out, dataset_dir, out / "datalist.json")
+
+
+def last_validation(folder: Path) -> dict | None:
+    """The last round of ``<folder>/runs/validation_curve.jsonl`` (``iteration``, ``val_mean_dice``), if any."""
+    path = folder / CURVE_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write: the round before it
+                continue
+    return None
+
+
+def stage_progress(out: Path, stage: Stage) -> StageProgress:
+    """The state of one stage, from its record and its (partial) folder."""
+    record = read_record(out, stage.name)
+    if is_done(out, stage):
+        return StageProgress(stage.name, "done", stage.iterations, stage.iterations, None, record["wall_s"],
+                             record["finished"])  # fmt: skip
+    if record is not None and not record.get("ok"):
+        return StageProgress(stage.name, "failed", stage.iterations, finished=record.get("finished"))
+    partial = partial_path(stage)
+    if partial.is_dir():
+        last = last_validation(partial) or {}
+        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("val_mean_dice"))
+    return StageProgress(stage.name, "waiting", stage.iterations)
+
+
+def time_left(
+    stages: Sequence[Stage], progress: dict[str, StageProgress], s: Settings, jobs: int, cpu_count: int, sizes: dict
+) -> float | None:
+    """Estimated wall seconds until every stage is done (``jobs`` at a time; a started stage counts for what it has
+    left after its last validation round); None where the dry run has no step time (CUDA)."""
+    threads = stage_threads(s.device, jobs, cpu_count)
+    todo = [stage for stage in stages if progress[stage.name].state != "done"]
+    seconds = {}
+    for stage in todo:
+        estimate = estimate_seconds(stage, s, threads, **sizes)
+        if estimate is None:
+            return None
+        seconds[stage.name] = estimate * progress[stage.name].fraction_left
+    times = schedule(todo, seconds, jobs)
+    return max((finish for _, finish in times.values()), default=0.0)
+
+
+def describe(p: StageProgress) -> str:
+    """The detail column of one stage's line."""
+    if p.state == "done":
+        return f"{format_duration(p.wall_s or 0)}, finished {p.finished}"
+    if p.state == "failed":
+        return f"failed {p.finished} (its log: logs/{p.name}.log; the next `run` starts it again)"
+    if p.state == "started" and p.done_iterations:
+        dice = "" if p.last_dice is None else f", validation Dice {p.last_dice:.3f}"
+        return f"{p.done_iterations} of {p.iterations} iterations validated{dice}"
+    if p.state == "started":
+        return "started, no validation round yet"
+    return ""
+
+
+def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tuple[list[str], dict]:
+    """The printout of ``status`` and its data: one line per stage, the counts and the time left."""
+    settings, stages = run_plan(out, dataset_dir)
+    progress = {stage.name: stage_progress(out, stage) for stage in stages}
+    counts = {state: sum(p.state == state for p in progress.values()) for state in ("done", "started", "failed")}
+    counts["waiting"] = len(stages) - sum(counts.values())
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    lines = [f"{out} (preset {settings.preset}): {len(stages)} stages: {summary}"]
+    width = max(len(stage.name) for stage in stages)
+    lines += [f"  {p.state:<8} {p.name:<{width}}  {describe(p)}".rstrip() for p in progress.values()]
+    datalist = read_datalist(dataset_dir, settings.val_cases)
+    sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+    left = time_left(stages, progress, settings, jobs, cpu_count, sizes)
+    if left is None:
+        lines.append(f"time left: no estimate on {settings.device} (step times were measured on the CPU only)")
+    else:
+        lines.append(
+            f"time left: about {format_duration(left)} with {jobs} stage(s) at a time on {cpu_count} core(s) "
+            "(the dry run's step times, measured on the 2-core development machine)"
+        )
+    data = {"stages": [dataclasses.asdict(p) for p in progress.values()], "counts": counts, "time_left_s": left}
+    return lines, data
