@@ -74,8 +74,8 @@ def test_cpu_preset_and_overrides_on_top(tmp_path, hippocampus_dir):
     assert len(cpu.seeds) >= 5 and len(cpu.regime_seeds("all")) >= 1 and cpu.val_cases is None
     assert (cpu.pretrain_learning_rate, cpu.finetune_learning_rate) == (3e-3, 1e-3)
 
-    tuned = plan.make_settings("cpu", {"pretrain_iterations": 20, "seeds": "3,4", "finetune_patch": [64, 64, 32]})
-    assert (tuned.preset, tuned.pretrain_iterations, tuned.seeds) == ("cpu", 20, (3, 4))
+    tuned = plan.make_settings("cpu", {"pretrain_iterations": 60, "seeds": "3,4", "finetune_patch": [64, 64, 32]})
+    assert (tuned.preset, tuned.pretrain_iterations, tuned.seeds) == ("cpu", 60, (3, 4))
     assert tuned.finetune_patch == (64, 64, 32) and tuned.feature_size == 12  # the rest stays the preset's
     recorded = json.loads(json.dumps(dataclasses.asdict(tuned)))
     assert plan.Settings(**recorded) == tuned  # settings.json reads back to the same settings
@@ -379,7 +379,7 @@ def test_reopened_stage_continues_under_its_new_command(tmp_path):
 
 
 def test_extension_lengthens_only_the_pretraining_and_keeps_the_epochs(tmp_path, hippocampus_dir):
-    cpu = plan.make_settings("cpu")  # 800 iterations, 10 validation points: epochs of 80
+    cpu = plan.make_settings("cpu", {"pretrain_iterations": 800, "pretrain_val_points": 10})  # epochs of 80
     longer = plan.make_settings("cpu", {"pretrain_iterations": 1600, "pretrain_val_points": 20})
     extend.check_extension(cpu, longer)
     for bad, match in [
@@ -388,7 +388,7 @@ def test_extension_lengthens_only_the_pretraining_and_keeps_the_epochs(tmp_path,
         ({"pretrain_iterations": 1600, "pretrain_val_points": 20, "pretrain_learning_rate": 1e-3}, "also changed"),
     ]:
         with pytest.raises(ValueError, match=match):
-            extend.check_extension(cpu, plan.make_settings("cpu", bad))
+            extend.check_extension(cpu, plan.make_settings("cpu", {"pretrain_val_points": 10, **bad}))
     with pytest.raises(ValueError, match="derived from its length"):
         extend.check_extension(plan.make_settings("gpu"), plan.make_settings("gpu", {"pretrain_iterations": 3000}))
     stages = plan.plan_stages(longer, tmp_path, hippocampus_dir, tmp_path / "datalist.json", plan.BANK_SUBJECTS)
