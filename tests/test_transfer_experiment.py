@@ -203,11 +203,11 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     assert progress.time_left(stages, waiting, cpu, 2, 2, sizes) == max(f for _, f in dry_run.values())
 
     write_record(run, "bank", True, "2026-12-01T10:00:00Z", "2026-12-01T10:01:00Z")
-    curve = run / "pretrain" / "anatomy.partial" / progress.CURVE_FILE
+    curve = run / "pretrain" / "anatomy.partial" / "runs" / curves.CURVE_FILE
     curve.parent.mkdir(parents=True)
     total, halfway = cpu.pretrain_iterations, cpu.pretrain_iterations // 2
     rounds = [{"iteration": 80, "val_mean_dice": 0.1}, {"iteration": halfway, "val_mean_dice": 0.25}]
-    curve.write_text("".join(json.dumps(r) + "\n" for r in rounds) + '{"iteration": 12')  # cut by a kill
+    curve.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     (run / "pretrain" / "primitives.partial").mkdir()
     write_record(run, "finetune_few_shot_scratch_seed0", False, "2026-12-01T10:00:00Z", "2026-12-01T10:30:00Z")
     (run / "finetune" / "few_shot_scratch_seed1").mkdir(parents=True)  # a finished folder without its record
@@ -548,7 +548,12 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     pretrain = tmp_path / "pretrain" / "anatomy" / "runs"
     pretrain.mkdir(parents=True)
     (pretrain / curves.CURVE_FILE).write_text('{"iteration": 100, "mean_dice": 0.3}\n')
+    for name, commit in (("bank", "3440745" + "0" * 33), ("pretrain_anatomy", "4c1d071" + "0" * 33)):
+        record = {"ok": True, "wall_s": 9.0, "iterations": None, "finished": "t", "command": ["x"], "commit": commit}
+        runner.record_path(tmp_path, name).parent.mkdir(parents=True, exist_ok=True)
+        runner.record_path(tmp_path, name).write_text(json.dumps(record))
     summary = report.summarise(settings, tmp_path, stages, {"1": "Anterior", "2": "Posterior"})
+    summary["commit"] = "abc123"  # the code that wrote the report, not necessarily the one the stages ran
     doc = tmp_path / "docs" / "results.md"
     report.write_results(summary, tmp_path, str(doc))
 
@@ -570,6 +575,8 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     assert "| all | anatomy-primitives | 1 |" in page and "n/a (one seed)" in page
     assert "coarse" in page and "10000 resamples" in page
     assert "preset `cpu`" in page and "64^3 patches from a bank at 2.25 mm (144 mm a side)" in page
+    assert "code commit abc123. The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage)." in page
+    assert "| bank |  | 9.0 | t | 3440745 |" in page and "| pretrain_anatomy |  | 9.0 | t | 4c1d071 |" in page
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
         assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
         assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

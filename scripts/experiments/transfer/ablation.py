@@ -360,15 +360,12 @@ def ablation_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: P
         "",
         "### Stages",
         "",
-        "| stage | iterations | wall s | finished | commit |",
-        "|---|---|---|---|---|",
+        *report.stage_table(summary["stages"]),
+        "",
+        "Commands:",
+        "",
+        *report.stage_commands(summary["stages"]),
     ]
-    for name, record in summary["stages"].items():
-        cells = [name, str(record.get("iterations") or ""), str(record["wall_s"]), record["finished"]]
-        lines.append("| " + " | ".join([*cells, record.get("commit", "")]) + " |")
-    lines += ["", "Commands:", ""]
-    for name, record in summary["stages"].items():
-        lines += [f"`{name}`:", "", "```", " ".join(record["command"]), "```", ""]
     return "\n".join(lines)
 
 

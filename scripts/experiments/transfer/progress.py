@@ -7,17 +7,15 @@ be asked while the run goes on, or between sessions of a run that resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.runner import Stage, is_done, partial_path, read_record
 from experiments.transfer import ablation
+from experiments.transfer.curves import CURVE_FILE, read_curve
 from experiments.transfer.estimate import estimate_seconds, format_duration, schedule, stage_threads
 from experiments.transfer.plan import Settings, plan_stages, read_datalist
 from synth_transforms.io import read_json
-
-CURVE_FILE = Path("runs") / "validation_curve.jsonl"  # in a bundle stage's folder: one line per validation round
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +55,10 @@ def run_plan(out: Path, dataset_dir: Path) -> tuple[Settings, list[Stage]]:
 
 
 def last_validation(folder: Path) -> dict | None:
-    """The last round of ``<folder>/runs/validation_curve.jsonl`` (``iteration``, ``val_mean_dice``), if any."""
-    path = folder / CURVE_FILE
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in reversed(lines):
-        if line.strip():
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill mid-write: the round before it
-                continue
-    return None
+    """The last round (``iteration``, ``mean``) of the bundle's ``runs/validation_curve.jsonl`` in ``folder``."""
+    path = folder / "runs" / CURVE_FILE
+    rounds = read_curve(path) if path.is_file() else []
+    return rounds[-1] if rounds else None
 
 
 def stage_progress(out: Path, stage: Stage) -> StageProgress:
@@ -80,7 +72,7 @@ def stage_progress(out: Path, stage: Stage) -> StageProgress:
     partial = partial_path(stage)
     if partial.is_dir():
         last = last_validation(partial) or {}
-        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("val_mean_dice"))
+        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("mean"))
     return StageProgress(stage.name, "waiting", stage.iterations)
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import re
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -270,7 +271,8 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         "# Transfer experiment results",
         "",
         f"Written {summary['written']} by `scripts/run_transfer_experiment.py` on {summary['device']}"
-        + (f", code commit {summary['commit']}." if summary.get("commit") else "."),
+        + (f", code commit {summary['commit']}." if summary.get("commit") else ".")
+        + (f" The stages ran at commit {stage_commits(summary['stages'])}." if summary["stages"] else ""),
         "",
         "## Dice on the validation split (final fine-tuned weights)",
         "",
@@ -292,15 +294,36 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         "",
         "## Stages",
         "",
-        "| stage | iterations | wall s | finished |",
-        "|---|---|---|---|",
+        *stage_table(summary["stages"]),
+        "",
+        "## Commands",
+        "",
+        *stage_commands(summary["stages"]),
     ]
-    for name, record in summary["stages"].items():
-        lines.append(f"| {name} | {record.get('iterations') or ''} | {record['wall_s']} | {record['finished']} |")
-    lines += ["", "## Commands", ""]
-    for name, record in summary["stages"].items():
-        lines += [f"`{name}`:", "", "```", " ".join(record["command"]), "```", ""]
     return "\n".join(lines)
+
+
+def stage_commits(records: dict) -> str:
+    """The code commits the stages ran at, most used first: ``abc1234 (30 stages), def5678 (2 stages)``."""
+    counts = Counter(record.get("commit") or "unknown" for record in records.values())
+    return ", ".join(f"`{commit[:7]}` ({n} stage{'s' if n > 1 else ''})" for commit, n in counts.most_common())
+
+
+def stage_table(records: dict) -> list[str]:
+    """One row per recorded stage: iterations, wall seconds, when it finished and the commit it ran."""
+    lines = ["| stage | iterations | wall s | finished | commit |", "|---|---|---|---|---|"]
+    for name, record in records.items():
+        cells = [name, str(record.get("iterations") or ""), str(record["wall_s"]), record["finished"]]
+        lines.append("| " + " | ".join([*cells, (record.get("commit") or "")[:7]]) + " |")
+    return lines
+
+
+def stage_commands(records: dict) -> list[str]:
+    """Each recorded stage's exact command line."""
+    lines = []
+    for name, record in records.items():
+        lines += [f"`{name}`:", "", "```", " ".join(record["command"]), "```", ""]
+    return lines
 
 
 def write_results(summary: dict, out: Path, results_doc: str | None = None) -> None:
