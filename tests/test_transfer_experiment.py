@@ -196,7 +196,8 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     run = fake_main_run(tmp_path / "run", cpu)
     with pytest.raises(FileNotFoundError, match="settings.json not found"):
         command.status(out=str(tmp_path / "nothing"), dataset_dir=str(hippocampus_dir))
-    _, stages = progress.run_plan(run, hippocampus_dir)
+    _, choices, stages = progress.run_plan(run, hippocampus_dir)
+    assert choices is None
     sizes = {"train_cases": 10, "val_cases": 40}
     waiting = {stage.name: progress.StageProgress(stage.name, "waiting", stage.iterations) for stage in stages}
     dry_run = estimate.schedule(stages, {s.name: estimate.estimate_seconds(s, cpu, 1, **sizes) for s in stages}, 2)
@@ -548,7 +549,8 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     pretrain = tmp_path / "pretrain" / "anatomy" / "runs"
     pretrain.mkdir(parents=True)
     (pretrain / curves.CURVE_FILE).write_text('{"iteration": 100, "mean_dice": 0.3}\n')
-    for name, commit in (("bank", "3440745" + "0" * 33), ("pretrain_anatomy", "4c1d071" + "0" * 33)):
+    commits = (("bank", "3440745" + "0" * 33), ("pretrain_anatomy", "4c1d071" + "0" * 33), ("pretrain_primitives", ""))
+    for name, commit in commits:
         record = {"ok": True, "wall_s": 9.0, "iterations": None, "finished": "t", "command": ["x"], "commit": commit}
         runner.record_path(tmp_path, name).parent.mkdir(parents=True, exist_ok=True)
         runner.record_path(tmp_path, name).write_text(json.dumps(record))
@@ -575,8 +577,9 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     assert "| all | anatomy-primitives | 1 |" in page and "n/a (one seed)" in page
     assert "coarse" in page and "10000 resamples" in page
     assert "preset `cpu`" in page and "64^3 patches from a bank at 2.25 mm (144 mm a side)" in page
-    assert "code commit abc123. The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage)." in page
-    assert "| bank |  | 9.0 | t | 3440745 |" in page and "| pretrain_anatomy |  | 9.0 | t | 4c1d071 |" in page
+    ran_at = "The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage), not recorded (1 stage)."
+    assert f"code commit abc123. {ran_at}" in page and "| pretrain_primitives |  | 9.0 | t | not recorded |" in page
+    assert "| bank |  | 9.0 | t | `3440745` |" in page and "| pretrain_anatomy |  | 9.0 | t | `4c1d071` |" in page
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
         assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
         assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -808,6 +811,36 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     assert "The main page." not in rewritten and rewritten.startswith("# Transfer experiment results\n\nWritten ")
     section = page[page.index("<!-- section ablation:") :]
     assert rewritten.endswith(section)
+
+
+def test_report_writes_the_results_of_a_run_or_an_ablation_and_runs_nothing(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu", {"seeds": "0,1"})
+    main, out = fake_main_run(tmp_path / "main", cpu), tmp_path / "ablation"
+    for seed in (0, 1):
+        write_dice(main, "scratch", seed, 0.6, 0.5)
+        write_dice(main, "anatomy", seed, 0.62 + 0.01 * seed, 0.5)
+    doc = tmp_path / "results.md"
+    with pytest.raises(FileNotFoundError, match="dataset.json not found"):
+        command.report(out=str(main), dataset_dir=str(tmp_path))
+    summary = command.report(out=str(main), dataset_dir=str(hippocampus_dir), results_doc=str(doc))
+    anatomy = summary["statistics"]["few_shot"]["arms"]["anatomy"]["mean"]
+    assert anatomy["n"] == 2 and anatomy["mean"] == pytest.approx(0.5625)
+    assert (
+        json.loads((main / "results.json").read_text())["statistics"]["few_shot"]["arms"]["anatomy"]["mean"] == anatomy
+    )
+    assert doc.read_text().startswith("# Transfer experiment results\n\nWritten ")
+    assert not (main / "logs").exists() and not (main / "pretrain").exists(), "a report starts no stage"
+
+    choices = ablation.AblationSettings(str(main), "fill", (), "0,1")
+    out.mkdir()
+    recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(cpu)}
+    (out / "settings.json").write_text(json.dumps(recorded))
+    for seed in (0, 1):
+        write_dice(out, "fill", seed, 0.58, 0.5)
+    summary = command.report(out=str(out), dataset_dir=str(hippocampus_dir), results_doc=str(doc))
+    difference = summary["statistics"]["few_shot"]["differences"]["fill-anatomy"]["mean"]["differences"]
+    assert difference == pytest.approx([-0.02, -0.025])  # (0.58 + 0.5) / 2 against (0.62 + 0.01 seed + 0.5) / 2
+    assert "<!-- section ablation:" in doc.read_text() and (out / "results.json").is_file()
 
 
 @pytest.mark.slow

@@ -146,10 +146,27 @@ def run(
     selected = select_stages(stages, only)
     commit = code_commit()
     StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
+    return write_report(out_path, settings, None, stages, dataset, results_doc, commit)
 
+
+def write_report(
+    out: Path,
+    settings: Settings,
+    choices: ablation.AblationSettings | None,
+    stages: Sequence[Stage],
+    dataset: Path,
+    results_doc: str | None,
+    commit: str,
+) -> dict:
+    """Write the results of a run (``choices`` None) or an ablation from every evaluation finished so far, print
+    the Dice table and return the summary; ``commit`` is the code writing it (each stage records its own)."""
     labels = read_json(dataset / "dataset.json", "Decathlon dataset.json").get("labels", {})
-    summary = summarise(settings, out_path, stages, labels) | {"commit": commit}
-    write_results(summary, out_path, results_doc)
+    if choices is None:
+        summary = summarise(settings, out, stages, labels) | {"commit": commit}
+        write_results(summary, out, results_doc)
+    else:
+        summary = ablation.summarise(settings, choices, out, stages, labels, commit)
+        ablation.write_results(summary, out, results_doc)
     print("\n".join(results_table(summary)) or "no evaluation finished yet")
     return summary
 
@@ -214,12 +231,7 @@ def ablate(
     selected = select_stages(stages, only)
     commit = code_commit()
     StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
-
-    labels = read_json(dataset / "dataset.json", "Decathlon dataset.json").get("labels", {})
-    summary = ablation.summarise(settings, choices, out_path, stages, labels, commit)
-    ablation.write_results(summary, out_path, results_doc)
-    print("\n".join(results_table(summary)) or "no evaluation finished yet")
-    return summary
+    return write_report(out_path, settings, choices, stages, dataset, results_doc, commit)
 
 
 def check_pretrain(
@@ -248,6 +260,17 @@ def check_pretrain(
     return result
 
 
+def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), results_doc: str | None = None) -> dict:
+    """Write the results of the run ``out`` (``run``'s or ``ablate``'s folder) from every evaluation finished so far,
+    as ``run`` and ``ablate`` do when they end: ``results.json``, ``results.md``, the PNGs, and ``results_doc`` when
+    given. Runs no stage, so it can be asked while the run goes on, with newer report code than the stages ran."""
+    out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
+    if not (dataset / "dataset.json").is_file():
+        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    settings, choices, stages = progress.run_plan(out_path, dataset)
+    return write_report(out_path, settings, choices, stages, dataset, results_doc, code_commit())
+
+
 def status(out: str = "runs/transfer", jobs: int = 1, dataset_dir: str = str(DEFAULT_DATASET)) -> dict:
     """Where the run ``out`` (``run``'s or ``ablate``'s folder) stands: each stage done, failed, started (with its
     last validation round) or waiting, and the wall time left with ``jobs`` stages at a time. Reads the folder only,
@@ -263,6 +286,7 @@ COMMANDS = {
     "ablate": ablate,
     "check_pretrain": check_pretrain,
     "status": status,
+    "report": report,
     "pack": pack,
     "unpack": unpack,
 }

@@ -40,8 +40,9 @@ class StageProgress:
         return 1.0
 
 
-def run_plan(out: Path, dataset_dir: Path) -> tuple[Settings, list[Stage]]:
-    """The recorded settings of the run in ``out`` (``run``'s or ``ablate``'s ``settings.json``) and its stages."""
+def run_plan(out: Path, dataset_dir: Path) -> tuple[Settings, ablation.AblationSettings | None, list[Stage]]:
+    """The recorded plan of the run in ``out``, from its ``settings.json``: the (main run's) settings, the ablation's
+    choices (None for a ``run`` folder) and the stages."""
     path = out / "settings.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --out must be a folder that `run` or `ablate` has started")
@@ -49,9 +50,9 @@ def run_plan(out: Path, dataset_dir: Path) -> tuple[Settings, list[Stage]]:
     if "ablation" in recorded:
         settings = Settings(**recorded["main_settings"])
         choices = ablation.AblationSettings(**recorded["ablation"])
-        return settings, ablation.ablation_stages(settings, choices, out, dataset_dir)
+        return settings, choices, ablation.ablation_stages(settings, choices, out, dataset_dir)
     settings = Settings(**recorded)
-    return settings, plan_stages(settings, out, dataset_dir, out / "datalist.json")
+    return settings, None, plan_stages(settings, out, dataset_dir, out / "datalist.json")
 
 
 def last_validation(folder: Path) -> dict | None:
@@ -109,7 +110,7 @@ def describe(p: StageProgress) -> str:
 
 def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tuple[list[str], dict]:
     """The printout of ``status`` and its data: one line per stage, the counts and the time left."""
-    settings, stages = run_plan(out, dataset_dir)
+    settings, _, stages = run_plan(out, dataset_dir)
     progress = {stage.name: stage_progress(out, stage) for stage in stages}
     counts = {state: sum(p.state == state for p in progress.values()) for state in ("done", "started", "failed")}
     counts["waiting"] = len(stages) - sum(counts.values())

@@ -303,10 +303,17 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
     return "\n".join(lines)
 
 
+def short_commit(commit: str | None) -> str:
+    """A git commit as its 7-character prefix in backticks; anything else (``unknown``, missing) as words."""
+    if commit and re.fullmatch(r"[0-9a-f]{40}", commit):
+        return f"`{commit[:7]}`"
+    return commit or "not recorded"
+
+
 def stage_commits(records: dict) -> str:
     """The code commits the stages ran at, most used first: ``abc1234 (30 stages), def5678 (2 stages)``."""
-    counts = Counter(record.get("commit") or "unknown" for record in records.values())
-    return ", ".join(f"`{commit[:7]}` ({n} stage{'s' if n > 1 else ''})" for commit, n in counts.most_common())
+    counts = Counter(short_commit(record.get("commit")) for record in records.values())
+    return ", ".join(f"{commit} ({n} stage{'s' if n > 1 else ''})" for commit, n in counts.most_common())
 
 
 def stage_table(records: dict) -> list[str]:
@@ -314,7 +321,7 @@ def stage_table(records: dict) -> list[str]:
     lines = ["| stage | iterations | wall s | finished | commit |", "|---|---|---|---|---|"]
     for name, record in records.items():
         cells = [name, str(record.get("iterations") or ""), str(record["wall_s"]), record["finished"]]
-        lines.append("| " + " | ".join([*cells, (record.get("commit") or "")[:7]]) + " |")
+        lines.append("| " + " | ".join([*cells, short_commit(record.get("commit"))]) + " |")
     return lines
 
 
