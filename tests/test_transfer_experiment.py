@@ -331,7 +331,7 @@ def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_chang
     code = (
         "import pathlib, sys; root = pathlib.Path(sys.argv[1]); progress = root / 'progress.txt'\n"
         "done = int(progress.read_text()) if progress.exists() else 0\n"
-        "progress.write_text(str(done + 1))\n"
+        "progress.write_text(str(done + 1)); print('step', done + 1)\n"
         "sys.exit(1) if done == 0 else (root / 'out.txt').write_text(str(done + 1))"
     )  # the first attempt 'dies' after one step; a resumed second attempt finishes at step 2
     stage = python_stage("train", tmp_path / "work" / "train", code, outputs=["out.txt"])
@@ -340,11 +340,14 @@ def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_chang
         runner.StageRunner(tmp_path).run([stage], [stage])
     runner.StageRunner(tmp_path).run([stage], [stage])
     assert (stage.root / "out.txt").read_text() == "2"  # continued from the killed run's progress
+    log = (tmp_path / "logs" / "train.log").read_text().splitlines()  # both attempts, the resume marked between
+    assert log[0] == "step 1" and "resumed train in" in log[2] and log[3] == "step 2" and len(log) == 4
 
     other = python_stage("other", tmp_path / "work" / "other", code, outputs=["out.txt"])  # not resumable
     for _ in range(2):
         with pytest.raises(RuntimeError, match="stage other failed"):
             runner.StageRunner(tmp_path).run([other], [other])  # restarts from nothing each time
+    assert (tmp_path / "logs" / "other.log").read_text() == "step 1\n"  # and its log with it
 
     changed = python_stage("changed", tmp_path / "work" / "changed", code, outputs=["out.txt"])
     changed.resumable = True

@@ -2,7 +2,8 @@
 
 A stage runs in ``<root>.partial`` and is renamed to ``<root>`` when its process exits 0 and left every file it must
 leave, so a failed or killed stage leaves nothing that looks finished. Each run is recorded in
-``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``.
+``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``
+(a resumed stage appends to it).
 The runner's ``facts`` (e.g. the code's commit) are added to every record it writes. A stage is done when its
 record says it succeeded, its files exist and no prerequisite finished after it started;
 ``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
@@ -145,7 +146,10 @@ class StageRunner:
             partial.mkdir(parents=True)
             write_json_atomic(key_file, key)
         print(f"[{utc_now()}] {'resume' if resuming else 'start'} {stage.name}", flush=True)
-        with open(self.log_path(stage), "w") as log:
+        with open(self.log_path(stage), "a" if resuming else "w") as log:  # a resumed stage keeps its earlier logs
+            if resuming:
+                log.write(f"\n[{utc_now()}] resumed {stage.name} in {partial}\n")
+                log.flush()
             process = subprocess.Popen(
                 stage.command(partial), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
             )
