@@ -257,6 +257,8 @@ def test_plan_has_every_arm_regime_and_seed(tmp_path, hippocampus_dir):
     names = [stage.name for stage in stages]
     assert names[:2] == ["pretrain_anatomy", "pretrain_primitives"]
     assert len(names) == 2 + 2 * len(plan.ARMS) * 2 * 2  # fine-tune + evaluate per regime, arm and seed
+    few_shot = [name.removeprefix("finetune_few_shot_") for name in names if name.startswith("finetune_few_shot_")]
+    assert few_shot == [f"{arm}_seed{seed}" for seed in (0, 1) for arm in plan.ARMS]  # seed-major: pairs come early
     by_name = {stage.name: stage for stage in stages}
     anatomy = by_name["finetune_few_shot_anatomy_seed1"]
     assert anatomy.needs == ["pretrain_anatomy"] and anatomy.overrides["num_train_cases"] == 10
@@ -670,6 +672,8 @@ def test_ablation_plan_has_the_main_recipe_but_for_the_overlay_or_pool_size(tmp_
     arms = ["no_anchors", "no_topology", "fill", "pool100", "pool1000"]
     assert [stage.name for stage in stages[:5]] == [f"pretrain_{arm}" for arm in arms]
     assert len(stages) == 5 + 5 * 3 * 2 and "bank" not in by_name  # the main run's bank is reused, not rebuilt
+    tunes = [stage.name.removeprefix("finetune_few_shot_") for stage in stages if stage.name.startswith("finetune_")]
+    assert tunes == [f"{arm}_seed{seed}" for seed in (0, 1, 2) for arm in arms]  # seed-major, as the main run
 
     anatomy = main_stages["pretrain_anatomy"]
     for arm, overlay in (("no_anchors", "no_anchors.json"), ("no_topology", "no_topology.json"), ("fill", "fill.json")):

@@ -110,7 +110,7 @@ def main_inputs(s: plan.Settings, main_run: Path) -> list[Path]:
 
 def ablation_stages(s: plan.Settings, a: AblationSettings, out: Path, dataset_dir: Path) -> list[Stage]:
     """The pre-training of every arm (the main run's anatomy overrides; the arm's overlay or pool size on top), then
-    per arm and seed a few-shot fine-tuning from its encoder and the evaluation, as the main run's few-shot arms."""
+    per seed and arm a few-shot fine-tuning from its encoder and the evaluation, as the main run's few-shot arms."""
     main = Path(a.main_run)
     overrides = plan.pretrain_overrides(s, plan.bank_path(s, main))  # the main run's bank: not rebuilt here
     anatomy = plan.PRETRAIN_CONFIG_FILES[FULL]
@@ -120,9 +120,9 @@ def ablation_stages(s: plan.Settings, a: AblationSettings, out: Path, dataset_di
         plan.pretrain_stage(s, arm, out / "pretrain" / arm, files, arm_overrides)
         for arm, (files, arm_overrides) in arms.items()
     ]
-    for arm in arms:
-        encoder = out / "pretrain" / arm / "models" / plan.ENCODER
-        for seed in a.seeds:
+    for seed in a.seeds:  # seed-major, as the main run: a run stopped part-way has paired seeds of every arm
+        for arm in arms:
+            encoder = out / "pretrain" / arm / "models" / plan.ENCODER
             datalist = main / "datalist.json"
             stages += plan.finetune_pair(s, out, dataset_dir, datalist, REGIME, arm, seed, encoder, [f"pretrain_{arm}"])
     return stages

@@ -337,13 +337,14 @@ def rotation_override(patch: Sequence[int]) -> dict:
 
 
 def finetune_stages(s: Settings, out: Path, dataset_dir: Path, datalist: Path) -> list[BundleStage]:
-    """Per regime, arm and seed: a fine-tuning (one recipe in every arm) and the evaluation of its final weights."""
+    """Per regime, seed and arm: a fine-tuning (one recipe in every arm) and the evaluation of its final weights.
+    Seed-major, so that a run stopped part-way has paired seeds of every arm rather than every seed of one arm."""
     stages = []
     for regime in s.regimes:
-        for arm in ARMS:
-            encoder = None if arm == "scratch" else out / "pretrain" / arm / "models" / ENCODER
-            needs = [] if arm == "scratch" else [f"pretrain_{arm}"]
-            for seed in s.regime_seeds(regime):
+        for seed in s.regime_seeds(regime):
+            for arm in ARMS:
+                encoder = None if arm == "scratch" else out / "pretrain" / arm / "models" / ENCODER
+                needs = [] if arm == "scratch" else [f"pretrain_{arm}"]
                 stages += finetune_pair(s, out, dataset_dir, datalist, regime, arm, seed, encoder, needs)
     return stages
 
@@ -395,7 +396,7 @@ def plan_stages(
     settings: Settings, out: Path, dataset_dir: Path, datalist: Path, bank_subjects: Path = BANK_SUBJECTS
 ) -> list[Stage]:
     """All stages in run order: the bank build (when pre-training has its own spacing), two pre-trainings, then per
-    regime, arm and seed a fine-tuning and its evaluation."""
+    regime, seed and arm a fine-tuning and its evaluation."""
     return (
         bank_stages(settings, out, bank_subjects)
         + pretrain_stages(settings, out)
