@@ -210,6 +210,7 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     rounds = [{"iteration": 80, "val_mean_dice": 0.1}, {"iteration": halfway, "val_mean_dice": 0.25}]
     curve.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     (run / "pretrain" / "primitives.partial").mkdir()
+    (run / "pretrain" / "primitives.partial" / runner.TIME_FILE).write_text('{"seconds": 4000.0, "segments": 2}')
     write_record(run, "finetune_few_shot_scratch_seed0", False, "2026-12-01T10:00:00Z", "2026-12-01T10:30:00Z")
     (run / "finetune" / "few_shot_scratch_seed1").mkdir(parents=True)  # a finished folder without its record
 
@@ -226,7 +227,7 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     assert data["counts"] == {"done": 1, "started": 2, "failed": 1, "waiting": len(stages) - 4}
     assert printed[0].endswith(f"{len(stages)} stages: 1 done, 2 started, 1 failed, {len(stages) - 4} waiting")
     assert "  started  pretrain_anatomy " in printed[2] and f"{halfway} of {total} iterations validated" in printed[2]
-    assert printed[2].endswith("validation Dice 0.250") and printed[3].endswith("no validation round yet")
+    assert printed[2].endswith("validation Dice 0.250") and printed[3].endswith("no validation round yet, 1h06m so far")
     assert printed[-1].startswith("time left: about ") and len(printed) == len(stages) + 2
 
     by_name = {stage.name: stage for stage in stages}
@@ -344,6 +345,9 @@ def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_chang
     assert (stage.root / "out.txt").read_text() == "2"  # continued from the killed run's progress
     log = (tmp_path / "logs" / "train.log").read_text().splitlines()  # both attempts, the resume marked between
     assert log[0] == "step 1" and "resumed train in" in log[2] and log[3] == "step 2" and len(log) == 4
+    record = json.loads(runner.record_path(tmp_path, "train").read_text())  # wall time over both segments
+    assert record["segments"] == 2 and record["wall_s"] > record["segment_s"] > 0
+    assert json.loads((stage.root / runner.TIME_FILE).read_text())["seconds"] == record["wall_s"]
 
     other = python_stage("other", tmp_path / "work" / "other", code, outputs=["out.txt"])  # not resumable
     for _ in range(2):
@@ -358,6 +362,21 @@ def test_resumable_stage_continues_in_its_partial_folder_only_when_nothing_chang
     changed.code = code + "  # another command"
     with pytest.raises(RuntimeError):
         runner.StageRunner(tmp_path).run([changed], [changed])  # a different command does not resume
+
+
+def test_runner_keeps_a_running_stage_time_in_its_folder(tmp_path, monkeypatch):
+    """The time file is written while the stage runs (what a stage killed with its runner leaves counted)."""
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.0)
+    code = (
+        "import pathlib, sys, time; root = pathlib.Path(sys.argv[1]); beat = root / 'stage_time.json'\n"
+        "deadline = time.time() + 30\n"
+        "while not beat.exists() and time.time() < deadline: time.sleep(0.05)\n"
+        "(root / 'out.txt').write_text(beat.read_text())"
+    )
+    stage = python_stage("timed", tmp_path / "timed", code, outputs=["out.txt"])
+    runner.StageRunner(tmp_path).run([stage], [stage])
+    seen = json.loads((stage.root / "out.txt").read_text())
+    assert seen["segments"] == 1 and 0 < seen["seconds"] < 30
 
 
 def test_reopened_stage_continues_under_its_new_command(tmp_path):
@@ -557,6 +576,7 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     commits = (("bank", "3440745" + "0" * 33), ("pretrain_anatomy", "4c1d071" + "0" * 33), ("pretrain_primitives", ""))
     for name, commit in commits:
         record = {"ok": True, "wall_s": 9.0, "iterations": None, "finished": "t", "command": ["x"], "commit": commit}
+        record |= {"segments": 3} if name == "pretrain_anatomy" else {}
         runner.record_path(tmp_path, name).parent.mkdir(parents=True, exist_ok=True)
         runner.record_path(tmp_path, name).write_text(json.dumps(record))
     summary = report.summarise(settings, tmp_path, stages, {"1": "Anterior", "2": "Posterior"})
@@ -584,7 +604,8 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     assert "preset `cpu`" in page and "64^3 patches from a bank at 2.25 mm (144 mm a side)" in page
     ran_at = "The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage), not recorded (1 stage)."
     assert f"code commit abc123. {ran_at}" in page and "| pretrain_primitives |  | 9.0 | t | not recorded |" in page
-    assert "| bank |  | 9.0 | t | `3440745` |" in page and "| pretrain_anatomy |  | 9.0 | t | `4c1d071` |" in page
+    assert "| bank |  | 9.0 | t | `3440745` |" in page
+    assert "| pretrain_anatomy |  | 9.0 (3 segments) | t | `4c1d071` |" in page
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
         assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
         assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,7 +3,8 @@
 A stage runs in ``<root>.partial`` and is renamed to ``<root>`` when its process exits 0 and left every file it must
 leave, so a failed or killed stage leaves nothing that looks finished. Each run is recorded in
 ``<out>/stages/<name>.json`` (command, exit status, wall time, start, finish) and logged to ``<out>/logs/<name>.log``
-(a resumed stage appends to it).
+(a resumed stage appends to it). A stage's wall time counts every segment of a resumed run: the runner keeps it in
+the stage's folder (``stage_time.json``, updated every minute while it runs).
 The runner's ``facts`` (e.g. the code's commit) are added to every record it writes. A stage is done when its
 record says it succeeded, its files exist and no prerequisite finished after it started;
 ``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
@@ -26,6 +27,8 @@ from pathlib import Path
 from synth_transforms.io import read_json, write_json_atomic
 
 RESUME_KEY = "stage_key.json"  # in a partial folder: the command and prerequisites it was started with
+TIME_FILE = "stage_time.json"  # in a stage's folder: its wall seconds over every segment of a resumed run
+HEARTBEAT_S = 60.0  # how often a running stage's time file is updated (what a killed segment can leave uncounted)
 
 
 @dataclasses.dataclass
@@ -107,15 +110,38 @@ def reopen(out: Path, stage: Stage) -> str | None:
     return done
 
 
+def earlier_time(partial: Path) -> dict:
+    """The wall time that earlier segments of a resumed stage spent in ``partial``: ``{"seconds", "segments"}``."""
+    path = partial / TIME_FILE
+    return read_json(path, "stage time") if path.is_file() else {"seconds": 0.0, "segments": 0}
+
+
 @dataclasses.dataclass
 class RunningStage:
-    """A stage started by :class:`StageRunner`: its process, the folder it fills and when it started."""
+    """A stage started by :class:`StageRunner`: its process, the folder it fills, when it started and the time its
+    earlier segments spent (a resumed stage)."""
 
     stage: Stage
     process: subprocess.Popen
     partial: Path
+    earlier: dict = dataclasses.field(default_factory=lambda: {"seconds": 0.0, "segments": 0})
     started: float = dataclasses.field(default_factory=time.perf_counter)
     started_at: str = dataclasses.field(default_factory=utc_now)
+    beat: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def segment_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def write_time(self) -> dict:
+        """Record the stage's wall time so far (earlier segments and this one) in its partial folder."""
+        self.beat = time.perf_counter()
+        total = {
+            "seconds": round(self.earlier["seconds"] + self.segment_s, 1),
+            "segments": self.earlier["segments"] + 1,
+        }
+        write_json_atomic(self.partial / TIME_FILE, total)
+        return total
 
 
 class StageRunner:
@@ -153,12 +179,13 @@ class StageRunner:
             process = subprocess.Popen(
                 stage.command(partial), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
             )
-        return RunningStage(stage, process, partial)
+        return RunningStage(stage, process, partial, earlier_time(partial))  # a fresh partial folder has none
 
     def finish(self, run: RunningStage) -> None:
         """Rename the partial folder of a stage that succeeded, record the run; raise if it failed."""
         stage, process, partial = run.stage, run.process, run.partial
-        wall = time.perf_counter() - run.started
+        wall = run.segment_s
+        total = run.write_time()  # kept in the stage's folder, so that a reopened stage goes on counting
         missing = [name for name in stage.outputs if not (partial / name).is_file()]
         ok = process.returncode == 0 and not missing
         if ok:
@@ -166,7 +193,8 @@ class StageRunner:
             partial.rename(stage.root)
         record = {
             "stage": stage.name, "ok": ok, "returncode": process.returncode, "missing_outputs": missing,
-            "wall_s": round(wall, 1), "iterations": stage.iterations, "started": run.started_at, "finished": utc_now(),
+            "wall_s": total["seconds"], "segments": total["segments"], "segment_s": round(wall, 1),
+            "iterations": stage.iterations, "started": run.started_at, "finished": utc_now(),
             "command": stage.command(), **self.facts,
         }  # fmt: skip
         write_json_atomic(record_path(self.out, stage.name), record)
@@ -177,7 +205,8 @@ class StageRunner:
                 f"stage {stage.name} failed (exit {process.returncode}, missing outputs {missing}); "
                 f"its partial folder {partial} is kept for inspection, full log {log}:\n{tail}"
             )
-        print(f"[{utc_now()}] done  {stage.name} in {wall:.1f} s", flush=True)
+        resumed = f" ({total['seconds']:.1f} s over {total['segments']} segments)" if total["segments"] > 1 else ""
+        print(f"[{utc_now()}] done  {stage.name} in {wall:.1f} s{resumed}", flush=True)
 
     def run(self, stages: Sequence[Stage], selected: Sequence[Stage]) -> None:
         """Run ``selected`` in order, skipping those already done unless a prerequisite runs again before them;
@@ -206,6 +235,8 @@ class StageRunner:
                 if not running:
                     raise RuntimeError(f"stages {[s.name for s in todo]} wait on prerequisites that cannot finish")
                 time.sleep(0.2)
+                for run in [run for run in running if time.perf_counter() - run.beat >= HEARTBEAT_S]:
+                    run.write_time()
                 for run in [run for run in running if run.process.poll() is not None]:
                     running.remove(run)
                     self.finish(run)

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.runner import Stage, is_done, partial_path, read_record
+from experiments.runner import Stage, earlier_time, is_done, partial_path, read_record
 from experiments.transfer import ablation
 from experiments.transfer.curves import CURVE_FILE, read_curve
 from experiments.transfer.estimate import estimate_seconds, format_duration, schedule, stage_threads
@@ -21,7 +21,8 @@ from synth_transforms.io import read_json
 @dataclasses.dataclass(frozen=True)
 class StageProgress:
     """One stage's state: ``done``, ``failed``, ``started`` (a partial folder: running, or stopped and resumable)
-    or ``waiting``; for a started training, the iteration and Dice of its last validation round."""
+    or ``waiting``; for a started training, the iteration and Dice of its last validation round; ``wall_s``: the
+    time spent (a started stage: so far, as its runner last recorded it)."""
 
     name: str
     state: str
@@ -72,8 +73,8 @@ def stage_progress(out: Path, stage: Stage) -> StageProgress:
         return StageProgress(stage.name, "failed", stage.iterations, finished=record.get("finished"))
     partial = partial_path(stage)
     if partial.is_dir():
-        last = last_validation(partial) or {}
-        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("mean"))
+        last, spent = last_validation(partial) or {}, earlier_time(partial)["seconds"] or None
+        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("mean"), spent)
     return StageProgress(stage.name, "waiting", stage.iterations)
 
 
@@ -100,11 +101,12 @@ def describe(p: StageProgress) -> str:
         return f"{format_duration(p.wall_s or 0)}, finished {p.finished}"
     if p.state == "failed":
         return f"failed {p.finished} (its log: logs/{p.name}.log; the next `run` starts it again)"
+    spent = f", {format_duration(p.wall_s)} so far" if p.wall_s else ""
     if p.state == "started" and p.done_iterations:
         dice = "" if p.last_dice is None else f", validation Dice {p.last_dice:.3f}"
-        return f"{p.done_iterations} of {p.iterations} iterations validated{dice}"
+        return f"{p.done_iterations} of {p.iterations} iterations validated{dice}{spent}"
     if p.state == "started":
-        return "started, no validation round yet"
+        return f"started, no validation round yet{spent}"
     return ""
 
 

@@ -317,10 +317,13 @@ def stage_commits(records: dict) -> str:
 
 
 def stage_table(records: dict) -> list[str]:
-    """One row per recorded stage: iterations, wall seconds, when it finished and the commit it ran."""
+    """One row per recorded stage: iterations, wall seconds (over every segment of a resumed stage), when it
+    finished and the commit it ran."""
     lines = ["| stage | iterations | wall s | finished | commit |", "|---|---|---|---|---|"]
     for name, record in records.items():
-        cells = [name, str(record.get("iterations") or ""), str(record["wall_s"]), record["finished"]]
+        segments = record.get("segments", 1)
+        wall = f"{record['wall_s']}" + (f" ({segments} segments)" if segments > 1 else "")
+        cells = [name, str(record.get("iterations") or ""), wall, record["finished"]]
         lines.append("| " + " | ".join([*cells, short_commit(record.get("commit"))]) + " |")
     return lines
 
