@@ -124,7 +124,7 @@ class RunningStage:
     stage: Stage
     process: subprocess.Popen
     partial: Path
-    earlier: dict = dataclasses.field(default_factory=lambda: {"seconds": 0.0, "segments": 0})
+    earlier: dict  # earlier_time(partial)
     started: float = dataclasses.field(default_factory=time.perf_counter)
     started_at: str = dataclasses.field(default_factory=utc_now)
     beat: float = dataclasses.field(default_factory=time.perf_counter)

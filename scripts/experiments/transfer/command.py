@@ -47,6 +47,12 @@ def check_device(device: str) -> None:
         )
 
 
+def check_dataset(dataset: Path) -> None:
+    """Refuse a ``--dataset_dir`` without the Decathlon ``dataset.json``."""
+    if not (dataset / "dataset.json").is_file():
+        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+
+
 def preset_name(preset: str | None, quick: bool) -> str:
     """The preset chosen by ``--preset`` and ``--quick`` (an alias of ``--preset quick``); default ``gpu``."""
     if quick and preset not in (None, "quick"):
@@ -121,8 +127,7 @@ def run(
     """
     settings = make_settings(preset_name(preset, quick), overrides)
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
-    if not (dataset / "dataset.json").is_file():
-        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    check_dataset(dataset)
     subjects = Path(bank_subjects).resolve()
     if settings.bank_file is not None and not (subjects / BANK_CLASS_MAP).is_file():
         raise FileNotFoundError(f"{subjects / BANK_CLASS_MAP} not found: pass --bank_subjects, the five label maps")
@@ -212,8 +217,7 @@ def ablate(
     seeds = settings.regime_seeds(ablation.REGIME) if seeds is None else seeds
     choices = ablation.AblationSettings(str(main_path), arms, pool_sizes, seeds)
     ablation.check_seeds(settings, choices)
-    if not (dataset / "dataset.json").is_file():
-        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    check_dataset(dataset)
     stages = ablation.ablation_stages(settings, choices, out_path, dataset)
     if dry_run:
         datalist = read_datalist(dataset, settings.val_cases)
@@ -265,8 +269,7 @@ def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), 
     as ``run`` and ``ablate`` do when they end: ``results.json``, ``results.md``, the PNGs, and ``results_doc`` when
     given. Runs no stage, so it can be asked while the run goes on, with newer report code than the stages ran."""
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
-    if not (dataset / "dataset.json").is_file():
-        raise FileNotFoundError(f"{dataset / 'dataset.json'} not found: pass --dataset_dir, the MSD Hippocampus folder")
+    check_dataset(dataset)
     settings, choices, stages = progress.run_plan(out_path, dataset)
     return write_report(out_path, settings, choices, stages, dataset, results_doc, code_commit())
 
