@@ -4,8 +4,9 @@ From the run's whole-network weights (``<run_dir>/models/model.pt`` or a ``Check
 each file atomically (temporary name, then rename):
 
 1. ``<release_dir>/model_swinvit.pt``: the Swin encoder in float16 (about 15.6 MiB for feature_size 48), in the
-   layout of the published Swin UNETR self-supervised weights; with ``--with_network`` also ``model.pt``, the whole
-   network in float32;
+   layout of the published Swin UNETR self-supervised weights (``--encoder_name`` names it otherwise, e.g.
+   ``model_swinvit_fs12.pt`` for a network other than the bundle's default); with ``--with_network`` also
+   ``model.pt``, the whole network in float32;
 2. ``<release_dir>/SHA256SUMS``;
 3. the bundle's ``large_files.yml``: one entry per released file (``name``, ``path``, ``url`` = ``base_url/name``,
    ``hash_val``, ``hash_type: sha256``), replacing entries of the same name;
@@ -148,6 +149,7 @@ def release(
     with_network: bool = False,
     encoder: str | None = None,
     in_bundle: bool = False,
+    encoder_name: str = ENCODER_FILENAME,
 ) -> dict:
     """Release the weights of a training run; see the module docstring.
 
@@ -166,6 +168,9 @@ def release(
             only the encoder came back from the training machine; incompatible with ``with_network``.
         in_bundle: write the files into ``<bundle>/models`` (to be committed); ``base_url`` may then be left out, and
             the entries get an empty ``url`` until the files are published.
+        encoder_name: file name of the released encoder; keep the default ``model_swinvit.pt`` for weights of the
+            bundle's default network and name others by what differs (``model_swinvit_fs12.pt``), so that a later
+            release of the default does not replace them.
 
     Returns:
         ``{"version", "files", "large_files", "metadata"}`` with the paths written.
@@ -176,6 +181,8 @@ def release(
         raise ValueError("release_weights: --base_url is required unless --in_bundle commits the files with the bundle")
     if in_bundle and release_dir is not None:
         raise ValueError("release_weights: --in_bundle writes to <bundle>/models; drop --release_dir")
+    if Path(encoder_name).name != encoder_name or not encoder_name.endswith(".pt"):
+        raise ValueError(f"release_weights: --encoder_name must be a file name ending in .pt, got {encoder_name!r}")
     if encoder is not None and (weights is not None or with_network):
         raise ValueError("release_weights: --encoder releases the encoder alone; drop --weights / --with_network")
     if encoder is not None:
@@ -193,7 +200,7 @@ def release(
         out = Path(release_dir) if release_dir else Path(run_dir or Path(weights).parent) / f"release-{new_version}"
 
     state = read_encoder_state(encoder) if encoder is not None else read_network_state(weights)
-    files = [save_atomic(encoder_state_dict(state, "float16"), out / ENCODER_FILENAME)]
+    files = [save_atomic(encoder_state_dict(state, "float16"), out / encoder_name)]
     if with_network:
         files.append(save_atomic(state, out / NETWORK_FILENAME))
     if not in_bundle:  # the bundle's large_files.yml holds the hashes of files committed with it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import _bundles
@@ -253,7 +254,7 @@ def test_ckpt_export_trace_matches_eager(trained, tmp_path):
 def test_metadata_follows_bundle_spec():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert check_bundle_metadata(meta) == []
-    assert list(meta["changelog"])[0] == meta["version"] == "0.1.1", "newest changelog entry first"
+    assert list(meta["changelog"])[0] == meta["version"], "newest changelog entry first"
     assert "synth-transforms" in meta["required_packages_version"]
     # MONAI's own parser keeps the declared requirements (no deprecated key overwriting them)
     parser = ConfigParser()
@@ -292,7 +293,7 @@ def test_fs12_preset_points_at_the_pretrain_bundle_encoder(tmp_path):
     parser.read_config([TRAIN, str(CONFIGS / "msd_hippocampus.json"), str(CONFIGS / "cpu_fs12.json")])
     parser.update({"bundle_root": str(BUNDLE), "device": "cpu"})
     pretrained = Path(parser.get_parsed_content("pretrained")).resolve()
-    assert pretrained == BUNDLE.parent / "anatomy_pretrain" / "models" / "model_swinvit.pt"
+    assert pretrained == BUNDLE.parent / "anatomy_pretrain" / "models" / "model_swinvit_fs12.pt"
     network = parser.get_parsed_content("network_def")
     assert network.out.conv.conv.out_channels == 3 and network.swinViT.patch_embed.proj.weight.shape[0] == 12
 
@@ -310,14 +311,43 @@ def test_download_large_files_fetches_nothing_and_says_why(tmp_path):
     assert "ships no weights" in text and "--bundle_path bundles/anatomy_pretrain" in text
 
 
+def test_released_encoder_fine_tunes_ten_hippocampus_cases_from_the_bundle_cli(tmp_path, hippocampus_dir):
+    """The README's few-shot commands, shortened to 2 iterations: the bundle CLI loads every tensor of the released
+    feature_size 12 encoder (cpu_fs12.json's default path), fine-tunes on 10 Hippocampus cases and evaluates."""
+    bundles = tmp_path / "bundles"
+    root = bundles / "swin_unetr_finetune"
+    shutil.copytree(BUNDLE / "configs", root / "configs")
+    (bundles / "anatomy_pretrain").symlink_to(BUNDLE.parent / "anatomy_pretrain")  # the committed release
+    datalist = _tiny_datalist(tmp_path / "dataset.json", hippocampus_dir, n_train=10, n_val=2)
+    data = {"dataset_dir": hippocampus_dir, "datalist": datalist, "num_workers": 0, "cache_rate": 0.0}
+    train = {
+        **data, "num_train_cases": 10, "batch_size": 2, "num_samples": 1, "max_epochs": 1, "epoch_length": 2,
+        "val_interval": 2, "warmup_steps": 1, "learning_rate": 1e-3,
+    }  # fmt: skip
+    command = _bundles.bundle_command(root, ["train.json", "msd_hippocampus.json", "cpu_fs12.json"], root, train)
+    result = run_command(command, cwd=root, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    encoder = BUNDLE.parent / "anatomy_pretrain" / "models" / "model_swinvit_fs12.pt"
+    n_encoder = len(torch.load(encoder, weights_only=True)["state_dict"])
+    assert f"model_swinvit_fs12.pt: loaded {n_encoder} of " in result.stdout, result.stdout[-4000:]
+    record = json.loads((root / "runs" / "train_cases.json").read_text())
+    assert record["available"] == 10 and len(record["training"]) == 10
+    evaluate = {**data, "checkpoint": "models/model_final.pt", "output_dir": "$@bundle_root + '/metrics'"}
+    names = ["train.json", "evaluate.json", "msd_hippocampus.json", "cpu_fs12.json"]
+    result = run_command(_bundles.bundle_command(root, names, root, evaluate), cwd=root, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = (root / "metrics" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2, rows  # a header, then one row per validation case
+
+
 def test_fs12_preset_loads_the_encoder_and_a_killed_run_resumes(tmp_path, hippocampus_dir):
     """The feature_size 12 preset takes the pre-training bundle's exported encoder by default; a run killed in its
     second epoch leaves no final weights, and resuming restores network, optimiser and iteration."""
     torch.manual_seed(0)
     source = _swin(out_channels=22)  # as pre-trained: 22 synthetic classes
-    export_encoder(source, tmp_path / "bundles" / "anatomy_pretrain" / "models" / "model_swinvit.pt")
+    export_encoder(source, tmp_path / "bundles" / "anatomy_pretrain" / "models" / "model_swinvit_fs12.pt")
     root = tmp_path / "bundles" / "swin_unetr_finetune"
-    root.mkdir()  # the default path goes through it: <bundle_root>/../anatomy_pretrain/models/model_swinvit.pt
+    root.mkdir()  # the default path goes through it: <bundle_root>/../anatomy_pretrain/models/model_swinvit_fs12.pt
     overrides = {
         "dataset_dir": str(hippocampus_dir), "datalist": str(_tiny_datalist(tmp_path / "d.json", hippocampus_dir)),
         "device": "cpu", "num_workers": 0, "cache_rate": 0.0, "batch_size": 1, "num_samples": 1,

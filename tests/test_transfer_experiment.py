@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -104,6 +105,39 @@ def test_cpu_preset_and_overrides_on_top(tmp_path, hippocampus_dir):
         command.run(out=out, quick=True, only="nothing_*", dataset_dir=data)
     with pytest.raises(ValueError, match="other settings"):
         command.run(out=out, preset="cpu", only="nothing_*", dataset_dir=data, finetune_learning_rate=1e-4)
+
+
+def _readme_bundle_commands(readme: Path, heading: str) -> list[tuple[list[str], dict]]:
+    """The ``python -m monai.bundle run`` commands of the first bash block after ``heading``: per command its config
+    file names and its overrides, parsed as ``monai.bundle`` parses them."""
+    text = readme.read_text()
+    block = text[text.index(heading) :].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        files, overrides = _bundles.parse_bundle_command(shlex.split(line))
+        commands.append(([Path(name).name for name in files], overrides))
+    return commands
+
+
+def test_finetune_readme_reproduces_the_cpu_few_shot_anatomy_arm(tmp_path):
+    """The fine-tune bundle's README commands for the released encoder are the CPU preset's few-shot anatomy recipe:
+    the same overrides, given on the command line or by ``cpu_fs12.json``."""
+    cpu = plan.make_settings("cpu")
+    encoder = tmp_path / "model_swinvit.pt"
+    tune, evaluate = plan.finetune_pair(cpu, tmp_path, tmp_path, tmp_path / "d.json", "few_shot", "anatomy", 0, encoder)
+    readme = _bundles.FINETUNE / "docs" / "README.md"
+    (train_files, train_cli), (evaluate_files, evaluate_cli) = _readme_bundle_commands(
+        readme, "### Few-shot MSD Hippocampus from the released"
+    )
+    assert train_files == [*plan.FINETUNE_CONFIG_FILES, "cpu_fs12.json"]
+    assert sorted(evaluate_files) == sorted([*plan.EVALUATE_CONFIG_FILES, "cpu_fs12.json"])
+    preset = json.loads((_bundles.FINETUNE / "configs" / "cpu_fs12.json").read_text())
+    given = {**preset, **train_cli}
+    not_in_readme = {"device", "dataset_dir", "datalist", "resume", "amp_dtype", "pretrained"}  # paths; CPU anyway
+    recipe = {key: value for key, value in tune.overrides.items() if key not in not_in_readme}
+    assert {key: given.get(key) for key in recipe} == recipe
+    assert "/../anatomy_pretrain/models/model_swinvit_fs12.pt" in preset["pretrained"] and preset["amp"] is False
+    assert evaluate_cli["checkpoint"] == "models/model_final.pt" and evaluate.overrides["patch_size"] == [32, 64, 32]
 
 
 def test_cpu_plan_builds_its_bank_and_keeps_one_recipe(tmp_path, hippocampus_dir):

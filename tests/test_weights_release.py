@@ -275,17 +275,19 @@ def test_release_then_verified_download(tmp_path, http_folder):
     network = tiny_swin()
     export_weights(network, run_dir / "models")
     bundle = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, bundle)
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models"))  # the weights come by download here
+    (bundle / "large_files.yml").write_text("large_files: []\n")  # a bundle with no release yet
+    version = release_module().next_version(json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"])
 
     command = [sys.executable, str(SCRIPT), "--run_dir", str(run_dir), "--bundle", str(bundle)]
     command += ["--base_url", base_url, "--message", "tiny test release"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    release_dir = run_dir / "release-0.2.0"
+    release_dir = run_dir / f"release-{version}"
     encoder_file = release_dir / "model_swinvit.pt"
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert metadata["version"] == "0.2.0" and list(metadata["changelog"].items())[0] == ("0.2.0", "tiny test release")
+    assert metadata["version"] == version and list(metadata["changelog"].items())[0] == (version, "tiny test release")
     assert (bundle / "large_files.yml").read_text().startswith("#"), "keeps a header comment"
     entries = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
     assert entries == [
@@ -358,11 +360,33 @@ def test_release_from_an_exported_encoder_matches_the_release_from_the_network(t
         release.release(encoder=str(tmp_path / "missing.pt"), base_url="u", message="m", bundle=str(bundle))
 
 
-def test_repository_bundle_lists_no_weights_and_downloads_nothing(tmp_path):
+def test_released_encoder_matches_its_hash_and_loads_into_swin_unetr_feature_size_12(tmp_path):
+    """The committed release: ``large_files.yml`` lists the encoder with its sha256 and no URL (not published yet);
+    it loads into ``SwinUNETR(feature_size=12).swinViT`` with every key matched, and ``download_large_files``
+    accepts the file as it is, downloads nothing, and refuses a changed byte."""
+    (entry,) = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    assert entry == {
+        "name": "model_swinvit_fs12.pt", "path": "models/model_swinvit_fs12.pt", "url": "",
+        "hash_val": sha256(BUNDLE / "models" / "model_swinvit_fs12.pt"), "hash_type": "sha256",
+    }  # fmt: skip
+    encoder = read_encoder_state(BUNDLE / "models" / "model_swinvit_fs12.pt")  # names as in the network: swinViT.*
+    assert all(name.startswith("swinViT.") for name in encoder)
+    network = SwinUNETR(in_channels=1, out_channels=22, feature_size=12)
+    own_names = {name.removeprefix("swinViT."): tensor for name, tensor in encoder.items()}
+    network.swinViT.load_state_dict(own_names, strict=True)  # raises on any missing, unexpected or reshaped key
+    assert all(torch.isfinite(tensor).all() for tensor in encoder.values())
+    metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert "feature_size 12 Swin encoder" in metadata["changelog"][metadata["version"]]
+
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle)
-    monai_download_large_files(bundle_path=str(bundle))
-    assert not (bundle / "models").exists()
+    monai_download_large_files(bundle_path=str(bundle))  # checks the committed file, fetches nothing
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model_swinvit_fs12.pt"]
+    data = bytearray((bundle / "models" / "model_swinvit_fs12.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one changed byte
+    (bundle / "models" / "model_swinvit_fs12.pt").write_bytes(bytes(data))
+    with pytest.raises(HashCheckError):
+        monai_download_large_files(bundle_path=str(bundle))
 
 
 def test_release_into_the_bundle_commits_the_files_with_their_hash_and_no_url(tmp_path):
@@ -374,16 +398,27 @@ def test_release_into_the_bundle_commits_the_files_with_their_hash_and_no_url(tm
     torch.save(network.state_dict(), weights)
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle)
+    committed = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
     with pytest.raises(ValueError, match="--base_url is required unless --in_bundle"):
         release.release(weights=str(weights), message="m", bundle=str(bundle))
+    with pytest.raises(ValueError, match="--encoder_name must be a file name ending in .pt, got 'sub/x.pt'"):
+        release.release(weights=str(weights), message="m", bundle=str(bundle), in_bundle=True, encoder_name="sub/x.pt")
     result = release.release(weights=str(weights), message="fs12 CPU release", bundle=str(bundle), in_bundle=True)
     (encoder,) = result["files"]
     assert encoder == bundle / "models" / "model_swinvit.pt" and not (bundle / "models" / "SHA256SUMS").exists()
-    (entry,) = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    *kept, entry = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert kept == committed, "a release keeps the entries of the other files"
     assert entry == {
         "name": "model_swinvit.pt", "path": "models/model_swinvit.pt", "url": "", "hash_val": sha256(encoder),
         "hash_type": "sha256",
     }  # fmt: skip
+    # a named release replaces the entry of its own name only
+    named = release.release(
+        weights=str(weights), message="again", bundle=str(bundle), in_bundle=True, encoder_name="model_swinvit_x.pt"
+    )["files"][0]
+    entries = yaml.safe_load((bundle / "large_files.yml").read_text())["large_files"]
+    assert [e["name"] for e in entries] == [*(e["name"] for e in committed), "model_swinvit.pt", "model_swinvit_x.pt"]
+    assert entries[-1]["hash_val"] == sha256(named) and named == bundle / "models" / "model_swinvit_x.pt"
     monai_download_large_files(bundle_path=str(bundle))  # the committed file passes its hash check
     data = bytearray(encoder.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one changed byte
