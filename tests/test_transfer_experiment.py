@@ -26,6 +26,7 @@ import torch
 from experiments import runner
 from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, progress, report, stats
 from experiments.transfer.command import check_pretrain
+from experiments.transfer.command import report as report_run
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
@@ -864,15 +865,18 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
         assert (out / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert "](../ablation/data_volume_curve.png)" in page
 
-    # a second write replaces the section; the main run's page, rewritten, keeps it after its own text
+    # a second write replaces the section; the main run's results become a section of their own, after the rest
     ablation.write_results(summary, out, str(doc))
     assert doc.read_text() == page and page.count("<!-- section ablation:") == 1
     main_summary = report.summarise(cpu, main, [], {"1": "Anterior", "2": "Posterior"})
     report.write_results(main_summary, main, str(doc))
     rewritten = doc.read_text()
-    assert "The main page." not in rewritten and rewritten.startswith("# Transfer experiment results\n\nWritten ")
-    section = page[page.index("<!-- section ablation:") :]
-    assert rewritten.endswith(section)
+    assert rewritten.startswith(page.rstrip()), "the page's own text and the ablation section are kept"
+    added = rewritten[len(page.rstrip()) :].lstrip()
+    assert added.startswith("<!-- section results_main:") and "\n## Transfer experiment results (main)\n" in added
+    assert "\n### Paired differences between arms\n" in added and "\n## Paired" not in added
+    report.write_results(main_summary, main, str(doc))
+    assert doc.read_text() == rewritten, "written again: the section is replaced in place"
 
 
 def test_report_writes_the_results_of_a_run_or_an_ablation_and_runs_nothing(tmp_path, hippocampus_dir):
@@ -890,7 +894,8 @@ def test_report_writes_the_results_of_a_run_or_an_ablation_and_runs_nothing(tmp_
     assert (
         json.loads((main / "results.json").read_text())["statistics"]["few_shot"]["arms"]["anatomy"]["mean"] == anatomy
     )
-    assert doc.read_text().startswith("# Transfer experiment results\n\nWritten ")
+    assert doc.read_text().startswith("<!-- section results_main:")
+    assert "## Transfer experiment results (main)\n\nWritten " in doc.read_text()
     assert not (main / "logs").exists() and not (main / "pretrain").exists(), "a report starts no stage"
 
     choices = ablation.AblationSettings(str(main), "fill", (), "0,1")
@@ -927,9 +932,15 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
             assert len(classes) == 2 and dice["cases"] == 2
             assert all(0.0 <= dice[key] <= 1.0 for key in [*classes, "mean"])
     table = doc.read_text()
-    # the page written elsewhere (--results_doc) is the run's results.md with its figure links made relative to it
+    # the page written elsewhere (--results_doc) holds the run's results.md as a section: headings one level down,
+    # figure links relative to that page
     links = re.compile(r"\]\(([^)]+\.png)\)")
-    assert links.sub("](FIG)", table) == links.sub("](FIG)", (out / "results.md").read_text())
+    section = re.fullmatch(
+        r"<!-- section results_transfer: .*?-->\n(.*)<!-- end of section results_transfer -->\n", table, re.S
+    )
+    expected = report.demote_headings((out / "results.md").read_text())
+    expected = expected.replace("## Transfer experiment results", "## Transfer experiment results (transfer)", 1)
+    assert links.sub("](FIG)", section[1].rstrip()) == links.sub("](FIG)", expected.rstrip())
     for page in (doc, out / "results.md"):
         figures = links.findall(page.read_text())
         assert figures and all((page.parent / figure).is_file() for figure in figures), page
@@ -1013,3 +1024,9 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
         restored, hippocampus_dir, restored / "datalist.json",
     )  # fmt: skip
     assert runner.is_done(restored, stages[0]) and runner.is_done(restored, stages[1])
+    # and its results join a shared page (docs/results.md) as a section of their own, the page's text kept
+    shared = tmp_path / "shared_page.md"
+    shared.write_text("# Results\n\nThe CPU run's text.\n")
+    report_run(out=str(restored), dataset_dir=str(hippocampus_dir), results_doc=str(shared))
+    assert json.loads((restored / "results.json").read_text())["results"] == summary["results"]
+    assert shared.read_text().startswith("# Results\n\nThe CPU run's text.\n\n<!-- section results_restored:")

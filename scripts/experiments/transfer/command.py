@@ -120,8 +120,9 @@ def run(
     protocol) or ``quick`` (the tiny CPU version of the same path: the bundles' ``configs/cpu_smoke.json``; the test
     suite runs it; ``--quick`` is an alias). Any field of ``Settings`` can be overridden on top, e.g.
     ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage and
-    runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` (and the Markdown to
-    ``results_doc`` when given) from every evaluation finished so far. ``--extend True`` lengthens the pre-training of
+    runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` from every evaluation
+    finished so far, and the Markdown as the section ``results_<out folder>`` of the page ``results_doc`` when given
+    (the rest of that page kept). ``--extend True`` lengthens the pre-training of
     an existing run (``--pretrain_iterations`` larger, ``--pretrain_val_points`` keeping the epoch length): the
     pre-trainings continue from their last checkpoints (``experiments/transfer/extend.py``).
     """
@@ -266,8 +267,9 @@ def check_pretrain(
 
 def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), results_doc: str | None = None) -> dict:
     """Write the results of the run ``out`` (``run``'s or ``ablate``'s folder) from every evaluation finished so far,
-    as ``run`` and ``ablate`` do when they end: ``results.json``, ``results.md``, the PNGs, and ``results_doc`` when
-    given. Runs no stage, so it can be asked while the run goes on, with newer report code than the stages ran."""
+    as ``run`` and ``ablate`` do when they end: ``results.json``, ``results.md``, the PNGs, and the run's section of
+    the page ``results_doc`` when given. Runs no stage, so it can be asked while the run goes on, with newer report
+    code than the stages ran."""
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
     check_dataset(dataset)
     settings, choices, stages = progress.run_plan(out_path, dataset)

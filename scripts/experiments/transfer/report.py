@@ -337,17 +337,38 @@ def stage_commands(records: dict) -> list[str]:
 
 
 def write_results(summary: dict, out: Path, results_doc: str | None = None) -> None:
-    """The learning-curve PNGs, ``results.json`` and ``results.md`` in ``out``, and the Markdown also to
-    ``results_doc`` when given (its figure links relative to it; the sections other commands wrote there, such as
-    the ablation's, are kept after it)."""
+    """The learning-curve PNGs, ``results.json`` and ``results.md`` in ``out`` (the sections other commands wrote
+    there, such as the ablation's, kept after it). With ``results_doc``, the same page also becomes the section
+    ``results_<run folder>`` of that page, its headings one level down and its figure links relative to it: the
+    rest of the page (the protocol's own text, other runs' sections) is left as it is."""
     summary["figures"] = write_figures(summary, out)
     write_json_atomic(out / "results.json", summary)
-    targets = [out / "results.md"] + ([Path(results_doc)] if results_doc else [])
-    for target in targets:
-        page = results_markdown(summary, target.resolve().parent, out.resolve())
-        kept = [m[0] for m in SECTIONS.finditer(target.read_text())] if target.is_file() else []
-        with atomic_path(target) as tmp:
-            Path(tmp).write_text("\n".join([page, *kept]))
+    target = out / "results.md"
+    page = results_markdown(summary, out.resolve(), out.resolve())
+    kept = [m[0] for m in SECTIONS.finditer(target.read_text())] if target.is_file() else []
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text("\n".join([page, *kept]))
+    if results_doc:
+        page = results_markdown(summary, Path(results_doc).resolve().parent, out.resolve())
+        title, rest = demote_headings(page).split("\n", 1)
+        write_section(Path(results_doc), results_section(out), f"{title} ({out.resolve().name})\n{rest}")
+
+
+def results_section(out: Path) -> str:
+    """The name of a run's section in a shared results page: ``results_<run folder name>``."""
+    return "results_" + re.sub(r"\W", "_", out.resolve().name)
+
+
+def demote_headings(markdown: str) -> str:
+    """Every Markdown heading one level down (``# A`` -> ``## A``); fenced code blocks are left as they are."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#+ ", line):
+            line = "#" + line
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def write_section(path: Path, name: str, markdown: str) -> None:
