@@ -863,7 +863,8 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     assert "- pretrain_pool1000" in page and "code commit abc123" in page
     if written["figure"]:  # matplotlib present
         assert (out / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
-        assert "](../ablation/data_volume_curve.png)" in page
+        assert "](records/ablation/data_volume_curve.png)" in page  # published beside the page, to be committed
+        assert (doc.parent / "records" / "ablation" / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # a second write replaces the section; the main run's results become a section of their own, after the rest
     ablation.write_results(summary, out, str(doc))
@@ -944,6 +945,12 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
     for page in (doc, out / "results.md"):
         figures = links.findall(page.read_text())
         assert figures and all((page.parent / figure).is_file() for figure in figures), page
+    # beside the page elsewhere: the run's small records, which its figure links point to (nothing outside its folder)
+    published = doc.parent / "records" / "transfer"
+    assert all(figure.startswith("records/transfer/") for figure in links.findall(table))
+    assert json.loads((published / "results.json").read_text())["results"] == summary["results"]
+    stage_records = sorted(p.name for p in (out / "stages").iterdir())
+    assert sorted(p.name for p in (published / "stages").iterdir()) == stage_records
     for regime in ("few_shot", "all"):
         for arm in ("scratch", "primitives", "anatomy"):
             assert f"| {regime} | {arm} | 0 |" in table

@@ -378,5 +378,5 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
         Path(tmp).write_text(ablation_markdown(summary, out.resolve(), out.resolve()) + "\n")
     if results_doc:
         target = Path(results_doc)
-        section = ablation_markdown(summary, target.resolve().parent, out.resolve())
+        section = ablation_markdown(summary, target.resolve().parent, report.publish_records(out, target))
         report.write_section(target, SECTION, section)

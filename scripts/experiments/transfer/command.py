@@ -122,9 +122,10 @@ def run(
     ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage and
     runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` from every evaluation
     finished so far, and the Markdown as the section ``results_<out folder>`` of the page ``results_doc`` when given
-    (the rest of that page kept). ``--extend True`` lengthens the pre-training of
-    an existing run (``--pretrain_iterations`` larger, ``--pretrain_val_points`` keeping the epoch length): the
-    pre-trainings continue from their last checkpoints (``experiments/transfer/extend.py``).
+    (the rest of that page kept; the run's small records copied beside it, to ``records/<out folder>``).
+    ``--extend True`` lengthens the pre-training of an existing run (``--pretrain_iterations`` larger,
+    ``--pretrain_val_points`` keeping the epoch length): the pre-trainings continue from their last checkpoints
+    (``experiments/transfer/extend.py``).
     """
     settings = make_settings(preset_name(preset, quick), overrides)
     out_path, dataset = Path(out).resolve(), Path(dataset_dir).resolve()
@@ -209,7 +210,8 @@ def ablate(
     (``--seeds``, default: the main run's few-shot seeds) exactly as the main run's arms. ``--preset``, when given,
     must be the main run's. ``--only`` selects stages by name pattern(s) (``'pretrain_*,finetune_*_pool100_*'``).
     ``--dry_run`` prints the plan with a wall-time estimate. Writes ``results.json``, ``results.md`` and the
-    data-volume PNG in ``out``, and the ablation's section into ``results_doc`` when given.
+    data-volume PNG in ``out``, and the ablation's section into ``results_doc`` when given (its records beside it, in
+    ``records/<out folder>``).
     """
     main_path, out_path, dataset = Path(main_run).resolve(), Path(out).resolve(), Path(dataset_dir).resolve()
     settings = ablation.main_settings(main_path)

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import os
 import re
+import shutil
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from synth_transforms.machine import device_name, machine_facts
 
 SECTION_BEGIN = "<!-- section {name}: written by scripts/run_transfer_experiment.py; replaced on each run -->"
 SECTION_END = "<!-- end of section {name} -->"
+PUBLISHED = ("results.json", "settings.json", "pretrain_check.json", "*.png", "stages/*.json")  # small, lasting
 SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
 FIGURES = {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}  # written beside results.json
@@ -349,9 +351,22 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
     with atomic_path(target) as tmp:
         Path(tmp).write_text("\n".join([page, *kept]))
     if results_doc:
-        page = results_markdown(summary, Path(results_doc).resolve().parent, out.resolve())
+        records = publish_records(out, Path(results_doc))
+        page = results_markdown(summary, Path(results_doc).resolve().parent, records)
         title, rest = demote_headings(page).split("\n", 1)
         write_section(Path(results_doc), results_section(out), f"{title} ({out.resolve().name})\n{rest}")
+
+
+def publish_records(out: Path, results_doc: Path) -> Path:
+    """Copy the run's small records (``PUBLISHED``: results, settings, stage records, the synthetic check, the PNGs)
+    to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it, so that the page links
+    nothing outside the repository; returns that folder. Each file is written atomically."""
+    dest = (results_doc.resolve().parent / "records" / out.resolve().name).resolve()
+    for pattern in PUBLISHED:
+        for source in sorted(out.glob(pattern)):
+            with atomic_path(dest / source.relative_to(out)) as tmp:
+                shutil.copyfile(source, tmp)
+    return dest
 
 
 def results_section(out: Path) -> str:
