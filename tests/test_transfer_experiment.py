@@ -644,7 +644,8 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
         assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
         assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
-        assert "](../learning_curve.png)" in page
+        assert f"](records/{tmp_path.name}/learning_curve.png)" in page  # the copy published beside the page
+        assert (doc.parent / "records" / tmp_path.name / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert "](learning_curve.png)" in (tmp_path / "results.md").read_text()
 
 
