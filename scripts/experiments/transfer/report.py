@@ -354,7 +354,7 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
         records = publish_records(out, Path(results_doc))
         page = results_markdown(summary, Path(results_doc).resolve().parent, records)
         title, rest = demote_headings(page).split("\n", 1)
-        write_section(Path(results_doc), results_section(out), f"{title} ({out.resolve().name})\n{rest}")
+        write_section(Path(results_doc), run_section("results", out), f"{title} ({out.resolve().name})\n{rest}")
 
 
 def publish_records(out: Path, results_doc: Path) -> Path:
@@ -369,9 +369,10 @@ def publish_records(out: Path, results_doc: Path) -> Path:
     return dest
 
 
-def results_section(out: Path) -> str:
-    """The name of a run's section in a shared results page: ``results_<run folder name>``."""
-    return "results_" + re.sub(r"\W", "_", out.resolve().name)
+def run_section(kind: str, out: Path) -> str:
+    """The name of the section of kind ``kind`` that the run ``out`` writes into a shared results page:
+    ``<kind>_<run folder name>``, one per run folder, so that several runs' sections stand side by side."""
+    return f"{kind}_" + re.sub(r"\W", "_", Path(out).resolve().name)
 
 
 def demote_headings(markdown: str) -> str:

@@ -16,7 +16,6 @@ or, for a pre-training still under way, its newest epoch checkpoint.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from monai.metrics import compute_dice
 
 from experiments.runner import RESUME_KEY, read_record, utc_now
+from experiments.transfer.report import run_section
 from synth_transforms.export import NETWORK_FILENAME, read_network_state
 from synth_transforms.generate import class_names
 from synth_transforms.handlers import foreground_pairs
@@ -173,7 +173,7 @@ def check_run(out: Path, num_samples: int | None = None, names: Sequence[str] | 
 def section_name(out: Path) -> str:
     """The results-page section of the check of the run ``out``: one per run folder, so that the main run's and an
     ablation's checks stand side by side in one page."""
-    return SECTION + "_" + re.sub(r"\W", "_", Path(out).resolve().name)
+    return run_section(SECTION, out)
 
 
 def check_markdown(result: Mapping, run: str | None = None) -> str:
