@@ -286,6 +286,52 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     assert capsys.readouterr().out.splitlines()[-1].startswith("time left: no estimate on cuda")
 
 
+def write_paced_record(run: Path, name: str, wall_s: float, iterations: int | None, ok: bool = True) -> None:
+    record = {"stage": name, "ok": ok, "wall_s": wall_s, "iterations": iterations, "started": "", "finished": ""}
+    runner.record_path(run, name).parent.mkdir(parents=True, exist_ok=True)
+    runner.record_path(run, name).write_text(json.dumps(record))
+
+
+def test_estimates_follow_the_measured_pace_of_finished_stages(tmp_path, hippocampus_dir, capsys):
+    cpu = plan.make_settings("cpu", {"seeds": "0"})
+    run = fake_main_run(tmp_path / "run", cpu)
+    write_paced_record(run, "pretrain_anatomy", 24_000.0, 2000)  # 12 s/it
+    for seed, wall_s in enumerate((3000.0, 4000.0, 5000.0)):  # 6, 8 and 10 s/it: the median is 8
+        write_paced_record(run, f"finetune_few_shot_scratch_seed{seed}", wall_s, 500)
+    write_paced_record(run, "finetune_few_shot_anatomy_seed9", 50.0, 500, ok=False)  # a failed stage is no pace
+    write_paced_record(run, "evaluate_few_shot_scratch_seed0", 100.0, None)
+    pace = estimate.measured_pace([run, tmp_path / "not_a_run"])
+    assert pace["pretrain"] == estimate.Pace(12.0, True, 1) and pace["finetune"] == estimate.Pace(8.0, True, 3)
+    assert pace["evaluate"] == estimate.Pace(100.0, False, 1) and "bank" not in pace
+
+    _, _, stages = progress.run_plan(run, hippocampus_dir)
+    by_name, sizes = {stage.name: stage for stage in stages}, {"train_cases": 10, "val_cases": 40}
+    primitives = by_name["pretrain_primitives"]
+    assert estimate.estimate_seconds(primitives, cpu, 1, **sizes, pace=pace) == 12.0 * primitives.iterations
+    assert estimate.estimate_seconds(by_name["evaluate_all_anatomy_seed0"], cpu, 1, **sizes, pace=pace) == 100.0
+    bank_estimate = estimate.estimate_seconds(by_name["bank"], cpu, 1, **sizes)  # no bank stage finished: step times
+    assert estimate.estimate_seconds(by_name["bank"], cpu, 1, **sizes, pace=pace) == bank_estimate
+
+    command.status(out=str(run), jobs=2, dataset_dir=str(hippocampus_dir))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "at the pace of finished stages: evaluate 1m40s (1 stage), finetune 8.0 s/it (3 stages)" in last
+    assert last.endswith("pretrain 12.0 s/it (1 stage); other stages from one-thread step times)")
+
+    gpu = dataclasses.replace(plan.make_settings("gpu"), seeds=(0,))  # nothing measured on CUDA but what finished
+    lines = estimate.plan_lines(stages[1:], gpu, 1, 2, **sizes, pace=pace)
+    assert lines[-1].startswith("estimated wall time: ") and not lines[-1].endswith("step times)")
+    no_evaluation = {kind: value for kind, value in pace.items() if kind != "evaluate"}
+    lines = estimate.plan_lines(stages[1:], gpu, 1, 2, **sizes, pace=no_evaluation)
+    assert lines[-1].startswith("no step time was measured on cuda")
+
+    planned = command.ablate(out=str(tmp_path / "ablation"), main_run=str(run), arms="fill", pool_sizes="",
+                             jobs=1, dataset_dir=str(hippocampus_dir), dry_run=True)  # fmt: skip
+    pretrain = estimate.format_duration(12.0 * cpu.pretrain_iterations)  # at the main run's pace
+    assert planned["plan"][1].split() == ["pretrain_fill", str(cpu.pretrain_iterations), "it", "~", pretrain, "(from",
+                                          "0m00s", "to", f"{pretrain})"]  # fmt: skip
+    assert "at the pace of finished stages" in planned["plan"][-1]
+
+
 def test_plan_has_every_arm_regime_and_seed(tmp_path, hippocampus_dir):
     settings = plan.Settings(seeds=(0, 1))
     datalist = plan.write_datalist(hippocampus_dir, tmp_path / "datalist.json", None)

@@ -18,7 +18,7 @@ import _bundles
 
 from experiments.runner import Stage, StageRunner
 from experiments.transfer import ablation, progress, synthetic_check
-from experiments.transfer.estimate import plan_lines
+from experiments.transfer.estimate import measured_pace, plan_lines
 from experiments.transfer.extend import check_extension, extend_pretraining
 from experiments.transfer.pack import pack, unpack
 from experiments.transfer.plan import (
@@ -119,10 +119,11 @@ def run(
     ``--preset`` names the starting values: ``gpu`` (the default: the GPU protocol), ``cpu`` (the 2-core CPU
     protocol) or ``quick`` (the tiny CPU version of the same path: the bundles' ``configs/cpu_smoke.json``; the test
     suite runs it; ``--quick`` is an alias). Any field of ``Settings`` can be overridden on top, e.g.
-    ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage and
-    runs nothing. Writes ``results.json``/``results.md`` (and the learning-curve PNGs) in ``out`` from every evaluation
-    finished so far, and the Markdown as the section ``results_<out folder>`` of the page ``results_doc`` when given
-    (the rest of that page kept; the run's small records copied beside it, to ``records/<out folder>``).
+    ``--pretrain_iterations 3000 --seeds 0,1``. ``--dry_run`` prints the plan with a wall-time estimate per stage (at
+    the pace of the stages already finished in ``out``, if any) and runs nothing. Writes ``results.json`` and
+    ``results.md`` (and the learning-curve PNGs) in ``out`` from every evaluation finished so far, and the Markdown as
+    the section ``results_<out folder>`` of the page ``results_doc`` when given (the rest of that page kept; the run's
+    small records copied beside it, to ``records/<out folder>``).
     ``--extend True`` lengthens the pre-training of an existing run (``--pretrain_iterations`` larger,
     ``--pretrain_val_points`` keeping the epoch length): the pre-trainings continue from their last checkpoints
     (``experiments/transfer/extend.py``).
@@ -183,7 +184,7 @@ def dry_run_plan(settings: Settings, out: Path, dataset: Path, subjects: Path, j
     datalist = read_datalist(dataset, settings.val_cases)
     stages = plan_stages(settings, out, dataset, out / "datalist.json", subjects)
     sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
-    lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes)
+    lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes, pace=measured_pace([out]))
     print("\n".join(lines))
     return {"settings": dataclasses.asdict(settings), "stages": [stage.name for stage in stages], "plan": lines}
 
@@ -209,9 +210,9 @@ def ablate(
     curve; the main run's anatomy arm is its unlimited point); then fine-tuned few-shot and evaluated per seed
     (``--seeds``, default: the main run's few-shot seeds) exactly as the main run's arms. ``--preset``, when given,
     must be the main run's. ``--only`` selects stages by name pattern(s) (``'pretrain_*,finetune_*_pool100_*'``).
-    ``--dry_run`` prints the plan with a wall-time estimate. Writes ``results.json``, ``results.md`` and the
-    data-volume PNG in ``out``, and the ablation's section into ``results_doc`` when given (its records beside it, in
-    ``records/<out folder>``).
+    ``--dry_run`` prints the plan with a wall-time estimate (at the pace of the main run's finished stages). Writes
+    ``results.json``, ``results.md`` and the data-volume PNG in ``out``, and the ablation's section into
+    ``results_doc`` when given (its records beside it, in ``records/<out folder>``).
     """
     main_path, out_path, dataset = Path(main_run).resolve(), Path(out).resolve(), Path(dataset_dir).resolve()
     settings = ablation.main_settings(main_path)
@@ -225,7 +226,8 @@ def ablate(
     if dry_run:
         datalist = read_datalist(dataset, settings.val_cases)
         sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
-        lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes)
+        pace = measured_pace(progress.pace_sources(out_path, choices))
+        lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes, pace=pace)
         print("\n".join(lines))
         return {"ablation": dataclasses.asdict(choices), "stages": [stage.name for stage in stages], "plan": lines}
     missing = [str(path) for path in ablation.main_inputs(settings, main_path) if not path.is_file()]

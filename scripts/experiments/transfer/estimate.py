@@ -1,6 +1,7 @@
-"""Wall-time estimate of a planned run (``run --dry_run``): per stage from CPU step times measured on the 2-core
-development machine, scaled by voxels x batch, and the whole plan scheduled as the stage runner runs it (in order,
-``jobs`` at a time, each once its prerequisites are done).
+"""Wall-time estimate of a planned run (``run --dry_run``, ``status``): per stage from CPU step times measured on the
+2-core development machine, scaled by voxels x batch, and the whole plan scheduled as the stage runner runs it (in
+order, ``jobs`` at a time, each once its prerequisites are done). Where a run has finished stages of a kind (its own,
+or an ablation's main run), their measured pace replaces the step times for that kind (:func:`measured_pace`).
 
 The step times are the CPU seconds a one-thread process spent per step while the machine was shared with other jobs
 (docs/results.md, "CPU protocol"): about the wall time of the same step on an otherwise idle machine. On CUDA nothing
@@ -11,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from experiments.runner import Stage
 from experiments.transfer.plan import BankStage, BundleStage, Settings, curve_points
+from synth_transforms.io import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,60 @@ def stage_threads(device: str, jobs: int, cpu_count: int) -> int:
     return max(1, cpu_count // max(1, jobs)) if device == "cpu" else 0
 
 
-def estimate_seconds(stage: Stage, s: Settings, threads: int, train_cases: int, val_cases: int) -> float | None:
-    """Estimated wall seconds of one stage; None where nothing was measured (CUDA)."""
+@dataclasses.dataclass(frozen=True)
+class Pace:
+    """The measured wall time of one kind of stage: the median over a run's finished stages of that kind, in seconds
+    per iteration for trainings and per stage otherwise. It holds whatever the machine did meanwhile (validation
+    rounds, startups, stages side by side, other work): a forecast of the same conditions, not of an idle machine."""
+
+    seconds: float
+    per_iteration: bool
+    stages: int
+
+    def describe(self, kind: str) -> str:
+        value = f"{self.seconds:.1f} s/it" if self.per_iteration else format_duration(self.seconds)
+        return f"{kind} {value} ({self.stages} stage{'s' if self.stages > 1 else ''})"
+
+
+def stage_kind(name: str) -> str:
+    """``pretrain``, ``finetune``, ``evaluate`` or ``bank``: the first word of a stage's name."""
+    return name.split("_", 1)[0]
+
+
+def measured_pace(runs: Sequence[Path]) -> dict[str, Pace]:
+    """The pace of each kind of stage over the successful stage records (``stages/*.json``) of the run folders
+    ``runs`` (missing folders are skipped); a kind with no finished stage is left out."""
+    seconds: dict[tuple[str, bool], list[float]] = {}
+    for run in runs:
+        for path in sorted((run / "stages").glob("*.json")):
+            record = read_json(path, "stage record")
+            if not record.get("ok") or not record.get("wall_s"):
+                continue
+            iterations = record.get("iterations") or 0
+            key = (stage_kind(record["stage"]), iterations > 0)
+            seconds.setdefault(key, []).append(record["wall_s"] / max(1, iterations))
+    return {kind: Pace(statistics.median(values), per_iteration, len(values))
+            for (kind, per_iteration), values in seconds.items()}  # fmt: skip
+
+
+def pace_note(pace: dict[str, Pace], stages: Sequence[Stage]) -> str:
+    """How the estimate of ``stages`` was made, for its printout."""
+    kinds = sorted({stage_kind(stage.name) for stage in stages})
+    measured = [pace[kind].describe(kind) for kind in kinds if kind in pace]
+    if not measured:
+        return "from one-thread step times on the 2-core development machine"
+    rest = "; other stages from one-thread step times" if len(measured) < len(kinds) else ""
+    return f"at the pace of finished stages: {', '.join(measured)}{rest}"
+
+
+def estimate_seconds(
+    stage: Stage, s: Settings, threads: int, train_cases: int, val_cases: int, pace: dict[str, Pace] | None = None
+) -> float | None:
+    """Estimated wall seconds of one stage: at the measured ``pace`` of its kind when there is one, else from the
+    step times; None where neither exists (CUDA without finished stages)."""
+    measured = (pace or {}).get(stage_kind(stage.name))
+    if measured is not None and measured.per_iteration == bool(stage.iterations):
+        return measured.seconds * (stage.iterations or 1)
     if isinstance(stage, BankStage):
         return BANK_BUILD_S
     if s.device != "cpu" or not isinstance(stage, BundleStage):
@@ -99,10 +155,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def plan_lines(stages: Sequence[Stage], s: Settings, jobs: int, cpu_count: int, train_cases: int, val_cases: int):
+def plan_lines(
+    stages: Sequence[Stage],
+    s: Settings,
+    jobs: int,
+    cpu_count: int,
+    train_cases: int,
+    val_cases: int,
+    pace: dict[str, Pace] | None = None,
+):
     """The dry run's printout: one line per stage (iterations, estimate, start and finish), then the total."""
     threads = stage_threads(s.device, jobs, cpu_count)
-    estimates = {stage.name: estimate_seconds(stage, s, threads, train_cases, val_cases) for stage in stages}
+    estimates = {stage.name: estimate_seconds(stage, s, threads, train_cases, val_cases, pace) for stage in stages}
     where = f"{threads} thread(s) per stage" if s.device == "cpu" else s.device
     lines = [f"plan: preset {s.preset}, {len(stages)} stages, {jobs} at a time, {where}"]
     if any(value is None for value in estimates.values()):
@@ -119,5 +183,5 @@ def plan_lines(stages: Sequence[Stage], s: Settings, jobs: int, cpu_count: int, 
             f"  (from {format_duration(start)} to {format_duration(finish)})"
         )
     total = max(finish for _, finish in times.values())
-    lines.append(f"estimated wall time: {format_duration(total)} (from one-thread step times on this 2-core machine)")
+    lines.append(f"estimated wall time: {format_duration(total)} ({pace_note(pace or {}, stages)})")
     return lines

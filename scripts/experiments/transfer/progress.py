@@ -1,6 +1,7 @@
 """Where a run stands (``status``): every stage of a ``run`` or ``ablate`` folder done, failed, started or waiting;
 how far a started training got (its last validation round); and the wall time left, estimated as the dry run
-estimates it and scheduled as the stage runner runs the stages. Reads the folder only: it starts nothing, so it can
+estimates it (at the measured pace of the run's finished stages where it has some) and scheduled as the stage runner
+runs the stages. Reads the folder only: it starts nothing, so it can
 be asked while the run goes on, or between sessions of a run that resumes.
 """
 
@@ -13,7 +14,15 @@ from pathlib import Path
 from experiments.runner import Stage, earlier_time, is_done, partial_path, read_record
 from experiments.transfer import ablation
 from experiments.transfer.curves import CURVE_FILE, read_curve
-from experiments.transfer.estimate import estimate_seconds, format_duration, schedule, stage_threads
+from experiments.transfer.estimate import (
+    Pace,
+    estimate_seconds,
+    format_duration,
+    measured_pace,
+    pace_note,
+    schedule,
+    stage_threads,
+)
 from experiments.transfer.plan import Settings, plan_stages, read_datalist
 from synth_transforms.io import read_json
 
@@ -78,16 +87,27 @@ def stage_progress(out: Path, stage: Stage) -> StageProgress:
     return StageProgress(stage.name, "waiting", stage.iterations)
 
 
+def pace_sources(out: Path, choices: ablation.AblationSettings | None) -> list[Path]:
+    """The run folders whose finished stages give the pace of ``out``'s: its own, and an ablation's main run."""
+    return [out, *([Path(choices.main_run)] if choices is not None else [])]
+
+
 def time_left(
-    stages: Sequence[Stage], progress: dict[str, StageProgress], s: Settings, jobs: int, cpu_count: int, sizes: dict
+    stages: Sequence[Stage],
+    progress: dict[str, StageProgress],
+    s: Settings,
+    jobs: int,
+    cpu_count: int,
+    sizes: dict,
+    pace: dict[str, Pace] | None = None,
 ) -> float | None:
     """Estimated wall seconds until every stage is done (``jobs`` at a time; a started stage counts for what it has
-    left after its last validation round); None where the dry run has no step time (CUDA)."""
+    left after its last validation round); None where neither a measured ``pace`` nor a step time exists (CUDA)."""
     threads = stage_threads(s.device, jobs, cpu_count)
     todo = [stage for stage in stages if progress[stage.name].state != "done"]
     seconds = {}
     for stage in todo:
-        estimate = estimate_seconds(stage, s, threads, **sizes)
+        estimate = estimate_seconds(stage, s, threads, **sizes, pace=pace)
         if estimate is None:
             return None
         seconds[stage.name] = estimate * progress[stage.name].fraction_left
@@ -112,7 +132,7 @@ def describe(p: StageProgress) -> str:
 
 def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tuple[list[str], dict]:
     """The printout of ``status`` and its data: one line per stage, the counts and the time left."""
-    settings, _, stages = run_plan(out, dataset_dir)
+    settings, choices, stages = run_plan(out, dataset_dir)
     progress = {stage.name: stage_progress(out, stage) for stage in stages}
     counts = {state: sum(p.state == state for p in progress.values()) for state in ("done", "started", "failed")}
     counts["waiting"] = len(stages) - sum(counts.values())
@@ -122,13 +142,15 @@ def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tup
     lines += [f"  {p.state:<8} {p.name:<{width}}  {describe(p)}".rstrip() for p in progress.values()]
     datalist = read_datalist(dataset_dir, settings.val_cases)
     sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
-    left = time_left(stages, progress, settings, jobs, cpu_count, sizes)
+    pace = measured_pace(pace_sources(out, choices))
+    left = time_left(stages, progress, settings, jobs, cpu_count, sizes, pace)
     if left is None:
-        lines.append(f"time left: no estimate on {settings.device} (step times were measured on the CPU only)")
+        lines.append(f"time left: no estimate on {settings.device} (no finished stage, and step times were measured "
+                     "on the CPU only)")  # fmt: skip
     else:
         lines.append(
             f"time left: about {format_duration(left)} with {jobs} stage(s) at a time on {cpu_count} core(s) "
-            "(the dry run's step times, measured on the 2-core development machine)"
+            f"({pace_note(pace, stages)})"
         )
     data = {"stages": [dataclasses.asdict(p) for p in progress.values()], "counts": counts, "time_left_s": left}
     return lines, data
