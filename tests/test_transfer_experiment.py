@@ -24,7 +24,19 @@ import numpy as np
 import pytest
 import torch
 from experiments import runner
-from experiments.transfer import ablation, command, curves, estimate, extend, pack, plan, progress, report, stats
+from experiments.transfer import (
+    ablation,
+    command,
+    curves,
+    difference_plot,
+    estimate,
+    extend,
+    pack,
+    plan,
+    progress,
+    report,
+    stats,
+)
 from experiments.transfer.command import check_pretrain
 from experiments.transfer.command import report as report_run
 
@@ -637,6 +649,24 @@ def test_curve_png_is_written_atomically(tmp_path):
     assert not (tmp_path / "empty.png").exists()
 
 
+def test_difference_figure_draws_each_regime_that_has_a_paired_difference(tmp_path):
+    pytest.importorskip("matplotlib")
+    difference = stats.paired_difference({0: 0.8, 1: 0.7}, {0: 0.75, 1: 0.72})
+    statistics_ = {
+        "few_shot": {"differences": {"anatomy-scratch": {"mean": difference}}},
+        "all": {"differences": {}},  # one arm missing: nothing paired, no panel
+    }
+    panels = difference_plot.difference_panels(statistics_)
+    assert panels["all"] == {} and panels["few_shot"]["anatomy-scratch"]["differences"] == pytest.approx([0.05, -0.02])
+    target = tmp_path / "figures" / "differences.png"
+    target.parent.mkdir()
+    assert difference_plot.write_difference_png(target, panels) == target
+    assert target.read_bytes()[:4] == b"\x89PNG" and [p.name for p in target.parent.iterdir()] == [target.name]
+    with pytest.raises(ValueError, match="no paired difference to draw"):
+        difference_plot.write_difference_png(tmp_path / "empty.png", {"all": {}})
+    assert not (tmp_path / "empty.png").exists()
+
+
 def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     settings = plan.make_settings("cpu", {"seeds": (0, 1, 2)})
     stages = plan.plan_stages(settings, tmp_path, hippocampus_dir, tmp_path / "datalist.json")
@@ -688,7 +718,13 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     assert "| bank |  | 9.0 | t | `3440745` |" in page
     assert "| pretrain_anatomy |  | 9.0 (3 segments) | t | `4c1d071` |" in page
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
-        assert written["figures"] == {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}
+        assert written["figures"] == {
+            "differences": "paired_differences.png", "finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"
+        }  # fmt: skip
+        assert (tmp_path / "paired_differences.png").read_bytes()[:4] == b"\x89PNG"
+        figure = f"![paired differences between arms](records/{tmp_path.name}/paired_differences.png)"
+        differences_at = page.index(figure)
+        assert page.index("## Paired differences") < differences_at < page.index("## Learning curves")
         assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert f"](records/{tmp_path.name}/learning_curve.png)" in page  # the copy published beside the page
         assert (doc.parent / "records" / tmp_path.name / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from experiments.runner import Stage, read_record, utc_now
 from experiments.transfer.curves import collect_curves, seed_average, write_curve_png
+from experiments.transfer.difference_plot import difference_panels, write_difference_png
 from experiments.transfer.plan import ARMS, PRETRAIN_CONFIG_FILES, Settings
 from experiments.transfer.stats import regime_statistics
 from synth_transforms.io import atomic_path, read_json, write_json_atomic
@@ -26,7 +27,11 @@ SECTION_END = "<!-- end of section {name} -->"
 PUBLISHED = ("results.json", "settings.json", "pretrain_check.json", "*.png", "stages/*.json")  # small, lasting
 SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
-FIGURES = {"finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"}  # written beside results.json
+FIGURES = {  # written beside results.json: file name and alternative text of each figure
+    "differences": ("paired_differences.png", "paired differences between arms"),
+    "finetune": ("learning_curve.png", "finetune learning curve"),
+    "pretrain": ("pretrain_curve.png", "pretrain learning curve"),
+}
 
 
 def read_dice(csv_path: Path) -> dict[str, float]:
@@ -218,8 +223,9 @@ def _foreground(point: dict) -> str:
 
 
 def write_figures(summary: dict, out: Path) -> dict[str, str]:
-    """The learning-curve PNGs beside ``results.json`` (fine-tuning: one panel per regime, one line per arm, mean ±
-    std over seeds; pre-training: one line per arm): ``{kind: file name}`` of those written."""
+    """The PNGs beside ``results.json``: the paired differences (one panel per regime), the fine-tuning learning
+    curves (one panel per regime, one line per arm, mean ± std over seeds) and the pre-training curves (one line per
+    arm). Returns ``{kind: file name}`` of those written (none without matplotlib)."""
     curves, written = summary.get("curves", {}), {}
     panels = {
         "finetune": {regime: {arm: seed_average(runs) for arm, runs in arms.items()}
@@ -227,10 +233,13 @@ def write_figures(summary: dict, out: Path) -> dict[str, str]:
         "pretrain": {"synthetic pre-training": {kind: [(p["iteration"], p["mean"], None) for p in rounds]
                                                 for kind, rounds in curves.get("pretrain", {}).items()}},
     }  # fmt: skip
+    differences = difference_panels(summary.get("statistics", {}))
+    if any(differences.values()) and write_difference_png(out / FIGURES["differences"][0], differences) is not None:
+        written["differences"] = FIGURES["differences"][0]
     labels = {"finetune": "validation Dice (mean over seeds)", "pretrain": "synthetic validation Dice"}
     for kind, figure in panels.items():
-        if any(figure.values()) and write_curve_png(out / FIGURES[kind], figure, labels[kind]) is not None:
-            written[kind] = FIGURES[kind]
+        if any(figure.values()) and write_curve_png(out / FIGURES[kind][0], figure, labels[kind]) is not None:
+            written[kind] = FIGURES[kind][0]
     return written
 
 
@@ -263,12 +272,11 @@ def settings_lines(summary: dict, pretrain_arms: str = "both arms alike") -> lis
 
 def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Path | None = None) -> str:
     """The results page; figures are linked relative to ``doc_dir`` (the page's folder) from ``figures_dir``."""
-    figures = summary.get("figures", {})
-    links = []
-    for kind, name in figures.items():
+    links = {}
+    for kind, name in summary.get("figures", {}).items():
         target = Path(figures_dir or ".") / name
         link = os.path.relpath(target, doc_dir) if doc_dir and figures_dir else name
-        links += [f"![{kind} learning curve]({link})", ""]
+        links[kind] = [f"![{FIGURES[kind][1]}]({link})", ""]
     lines = [
         "# Transfer experiment results",
         "",
@@ -286,10 +294,12 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         "",
         bootstrap_note(summary),
         "",
+        *links.get("differences", []),
         "## Learning curves",
         "",
         *curve_tables(summary),
-        *links,
+        *links.get("finetune", []),
+        *links.get("pretrain", []),
         "## Settings",
         "",
         *settings_lines(summary),
