@@ -72,6 +72,25 @@ def seed_average(runs: Mapping[int, Sequence[Mapping]]) -> list[tuple[int, float
     ]
 
 
+def panel_figure(count: int, width: float = 5.0):
+    """A figure of ``count`` panels side by side (``width`` inches each) and its axes, or None without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(width * count, 4), dpi=100, layout="tight")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, count, squeeze=False)[0]
+
+
+def save_png(figure, path: Path) -> Path:
+    """Write ``figure`` to the PNG ``path`` atomically (no half-written file is ever left)."""
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(path)
+
+
 def write_curve_png(
     path: Path,
     panels: Mapping[str, Mapping[str, Sequence[tuple]]],
@@ -82,17 +101,13 @@ def write_curve_png(
     """Draw one panel per title, one line per label (points ``(x, mean, std or None, ...)``; a band of +- std where
     given; ``xticks``: labels of the x positions, e.g. for categories) into the PNG ``path``, atomically. Returns the
     path, or None when matplotlib is missing."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
     panels = {title: lines for title, lines in panels.items() if lines}
     if not panels:
         raise ValueError(f"{path}: no curve to draw")
-    figure = Figure(figsize=(5 * len(panels), 4), dpi=100, layout="tight")
-    FigureCanvasAgg(figure)
-    for axes, (title, lines) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
+    if (made := panel_figure(len(panels))) is None:
+        return None
+    figure, all_axes = made
+    for axes, (title, lines) in zip(all_axes, panels.items(), strict=True):
         for label, points in lines.items():
             x, y = [p[0] for p in points], [p[1] for p in points]
             axes.plot(x, y, marker="o", label=label)
@@ -103,6 +118,4 @@ def write_curve_png(
             axes.set_xticks(list(xticks), list(xticks.values()))
         axes.grid(alpha=0.3)
         axes.legend()
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png")
-    return Path(path)
+    return save_png(figure, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synth_transforms.io import atomic_path
+from experiments.transfer.curves import panel_figure, save_png
 
 
 def difference_panels(statistics: Mapping[str, Mapping]) -> dict[str, dict[str, dict]]:
@@ -23,18 +23,13 @@ def difference_panels(statistics: Mapping[str, Mapping]) -> dict[str, dict[str, 
 def write_difference_png(path: Path, panels: Mapping[str, Mapping[str, Mapping]]) -> Path | None:
     """Draw ``panels`` (:func:`difference_panels`) into the PNG ``path``, atomically. Returns the path, or None when
     matplotlib is missing; raises ValueError when there is no difference to draw."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
     panels = {regime: comparisons for regime, comparisons in panels.items() if comparisons}
     if not panels:
         raise ValueError(f"{path}: no paired difference to draw")
     width = 1.5 + 1.6 * max(len(comparisons) for comparisons in panels.values())
-    figure = Figure(figsize=(width * len(panels), 4), dpi=100, layout="tight")
-    FigureCanvasAgg(figure)
-    all_axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    if (made := panel_figure(len(panels), width)) is None:
+        return None
+    figure, all_axes = made
     for axes, (regime, comparisons) in zip(all_axes, panels.items(), strict=True):
         for x, difference in enumerate(comparisons.values()):
             seeds = difference["differences"]
@@ -50,6 +45,4 @@ def write_difference_png(path: Path, panels: Mapping[str, Mapping[str, Mapping]]
         axes.set(title=regime, ylabel="difference of mean Dice, paired by seed")
         axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize="small")
-    with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, format="png")
-    return Path(path)
+    return save_png(figure, path)
