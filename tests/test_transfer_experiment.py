@@ -649,6 +649,15 @@ def test_curve_png_is_written_atomically(tmp_path):
     assert not (tmp_path / "empty.png").exists()
 
 
+def test_change_from_scratch_counts_only_the_seeds_both_arms_have():
+    scratch = {0: {"class0": 0.8, "mean": 0.8}, 1: {"class0": 0.9, "mean": 0.9}}  # seed 1 done only in scratch
+    anatomy = {0: {"class0": 0.82, "mean": 0.82}}
+    summary = {"results": {"few_shot": {"scratch": scratch, "anatomy": anatomy}}, "class_names": {}}
+    rows = report.results_table(summary)
+    assert rows[0].endswith("| mean Dice | Δ mean vs scratch, same seeds |")
+    assert rows[3] == "| few_shot | anatomy | 0 | 0.8200 | 0.8200 | +0.0200 |"  # not 0.82 - 0.85 over unequal seeds
+
+
 def test_difference_figure_draws_each_regime_that_has_a_paired_difference(tmp_path):
     pytest.importorskip("matplotlib")
     difference = stats.paired_difference({0: 0.8, 1: 0.7}, {0: 0.75, 1: 0.72})

@@ -126,20 +126,22 @@ def class_title(column: str, class_names: dict[str, str]) -> str:
 
 
 def results_table(summary: dict) -> list[str]:
-    """Markdown rows per regime and arm: Dice per class and overall (mean ± std over seeds), change from scratch."""
+    """Markdown rows per regime and arm: Dice per class and overall (mean ± std over seeds), and the change from
+    scratch over the seeds both arms have (while a run goes on, an arm may have fewer seeds than scratch)."""
     arms_by_regime = summary["results"]
     if not arms_by_regime:
         return []
     classes = dice_classes(arms_by_regime)
     names = [class_title(c, summary["class_names"]) for c in classes]
-    header = ["regime", "arm", "seeds", *(f"Dice {name}" for name in names), "mean Dice", "Δ mean vs scratch"]
+    dice = [f"Dice {name}" for name in names]
+    header = ["regime", "arm", "seeds", *dice, "mean Dice", "Δ mean vs scratch, same seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for regime, arms in arms_by_regime.items():
-        scratch = arms.get("scratch")
-        scratch_mean = statistics.fmean(run["mean"] for run in scratch.values()) if scratch else None
+        scratch = arms.get("scratch", {})
         for arm, runs in arms.items():
             means = [run["mean"] for run in runs.values()]
-            delta = "" if arm == "scratch" or scratch_mean is None else f"{statistics.fmean(means) - scratch_mean:+.4f}"
+            paired = [run["mean"] - scratch[seed]["mean"] for seed, run in runs.items() if seed in scratch]
+            delta = f"{statistics.fmean(paired):+.4f}" if paired and arm != "scratch" else ""
             cells = [mean_std([run[c] for run in runs.values()]) for c in classes]
             seeds = ",".join(str(seed) for seed in runs)
             lines.append("| " + " | ".join([regime, arm, seeds, *cells, mean_std(means), delta]) + " |")
