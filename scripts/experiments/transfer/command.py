@@ -25,9 +25,9 @@ from experiments.transfer.plan import (
     BANK_CLASS_MAP,
     BANK_SUBJECTS,
     Settings,
+    case_counts,
     make_settings,
     plan_stages,
-    read_datalist,
     write_datalist,
 )
 from experiments.transfer.report import results_table, summarise, write_results, write_section
@@ -181,9 +181,8 @@ def write_report(
 
 def dry_run_plan(settings: Settings, out: Path, dataset: Path, subjects: Path, jobs: int) -> dict:
     """Print the plan with a wall-time estimate per stage; write nothing."""
-    datalist = read_datalist(dataset, settings.val_cases)
+    sizes = case_counts(dataset, settings.val_cases)
     stages = plan_stages(settings, out, dataset, out / "datalist.json", subjects)
-    sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
     lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes, pace=measured_pace([out]))
     print("\n".join(lines))
     return {"settings": dataclasses.asdict(settings), "stages": [stage.name for stage in stages], "plan": lines}
@@ -224,8 +223,7 @@ def ablate(
     check_dataset(dataset)
     stages = ablation.ablation_stages(settings, choices, out_path, dataset)
     if dry_run:
-        datalist = read_datalist(dataset, settings.val_cases)
-        sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+        sizes = case_counts(dataset, settings.val_cases)
         pace = measured_pace(progress.pace_sources(out_path, choices))
         lines = plan_lines(stages, settings, jobs, os.cpu_count() or 1, **sizes, pace=pace)
         print("\n".join(lines))

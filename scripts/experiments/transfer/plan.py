@@ -261,6 +261,12 @@ def read_datalist(dataset_dir: Path, val_cases: int | None) -> dict:
     return {"training": datalist["training"], "validation": datalist["validation"][:val_cases]}
 
 
+def case_counts(dataset_dir: Path, val_cases: int | None) -> dict[str, int]:
+    """How many training and validation cases the split has: the ``train_cases``/``val_cases`` of the estimates."""
+    datalist = read_datalist(dataset_dir, val_cases)
+    return {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+
+
 def bank_stages(s: Settings, out: Path, subjects: Path = BANK_SUBJECTS) -> list[BankStage]:
     """The bank build at ``pretrain_spacing``, or nothing when pre-training uses the bundle's default bank."""
     if s.bank_file is None:

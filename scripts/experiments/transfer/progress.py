@@ -23,7 +23,7 @@ from experiments.transfer.estimate import (
     schedule,
     stage_threads,
 )
-from experiments.transfer.plan import Settings, plan_stages, read_datalist
+from experiments.transfer.plan import Settings, case_counts, plan_stages
 from synth_transforms.io import read_json
 
 
@@ -140,8 +140,7 @@ def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tup
     lines = [f"{out} (preset {settings.preset}): {len(stages)} stages: {summary}"]
     width = max(len(stage.name) for stage in stages)
     lines += [f"  {p.state:<8} {p.name:<{width}}  {describe(p)}".rstrip() for p in progress.values()]
-    datalist = read_datalist(dataset_dir, settings.val_cases)
-    sizes = {"train_cases": len(datalist["training"]), "val_cases": len(datalist["validation"])}
+    sizes = case_counts(dataset_dir, settings.val_cases)
     pace = measured_pace(pace_sources(out, choices))
     left = time_left(stages, progress, settings, jobs, cpu_count, sizes, pace)
     if left is None:
