@@ -14,7 +14,8 @@ segmentation more than primitive shapes, and more than no pre-training?
    PNGs; reported only), commands, device, date, iterations and wall time per stage.
 
 ``check_pretrain`` scores each pre-trained network on its own synthetic validation samples, by class and as foreground
-against background (``scripts/experiments/transfer/synthetic_check.py``).
+against background (``scripts/experiments/transfer/synthetic_check.py``). ``encoder_drift`` measures how far each
+fine-tuning moved its encoder from where it started (``scripts/experiments/transfer/encoder_drift.py``).
 
 ``ablate`` runs the ablation arms on a finished (or running) main run's recipe: pre-training without anchors, without
 topology checks, with filled organs, and on a fixed pool of N distinct samples, each fine-tuned few-shot like the main
@@ -33,6 +34,7 @@ on the generic stage runner ``scripts/experiments/runner.py``. Examples::
     python scripts/run_transfer_experiment.py run --out runs/transfer --only 'pretrain_*'
     python scripts/run_transfer_experiment.py ablate --out runs/ablation --main_run runs/transfer --dry_run
     python scripts/run_transfer_experiment.py check_pretrain --out runs/transfer  # did each pre-training learn?
+    python scripts/run_transfer_experiment.py encoder_drift --out runs/transfer   # did fine-tuning keep the encoder?
     python scripts/run_transfer_experiment.py pack --out runs/transfer --dest $OUT    # what must outlast a machine
     python scripts/run_transfer_experiment.py unpack --src returned/ --out runs/transfer
 """

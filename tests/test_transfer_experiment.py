@@ -29,6 +29,7 @@ from experiments.transfer import (
     command,
     curves,
     difference_plot,
+    encoder_drift,
     estimate,
     extend,
     pack,
@@ -38,6 +39,7 @@ from experiments.transfer import (
     stats,
 )
 from experiments.transfer.command import check_pretrain
+from experiments.transfer.command import drift as encoder_drift_of
 from experiments.transfer.command import report as report_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -649,6 +651,34 @@ def test_curve_png_is_written_atomically(tmp_path):
     assert not (tmp_path / "empty.png").exists()
 
 
+def test_encoder_drift_is_the_relative_change_whole_and_per_part():
+    start = {"patch_embed.proj.weight": torch.full((2, 2), 1.0), "layers1.0.qkv.weight": torch.full((4,), 2.0)}
+    final = {"patch_embed.proj.weight": torch.full((2, 2), 1.5), "layers1.0.qkv.weight": torch.full((4,), 2.0)}
+    change = encoder_drift.relative_change(start, final)
+    assert change["patch_embed"] == pytest.approx(0.5) and change["layers1"] == 0.0
+    assert change["encoder"] == pytest.approx((4 * 0.25 / (4 * 1.0 + 4 * 4.0)) ** 0.5)
+    assert "layers2" not in change
+    with pytest.raises(ValueError, match="differ in tensors"):
+        encoder_drift.relative_change(start, {"patch_embed.proj.weight": final["patch_embed.proj.weight"]})
+    # only the encoder's floating-point tensors count, named without the network's prefix
+    state = {"swinViT.layers1.0.attn.index": torch.zeros(3, dtype=torch.long), "swinViT.norm.weight": torch.ones(2),
+             "decoder1.conv.weight": torch.ones(2)}  # fmt: skip
+    assert list(encoder_drift.encoder_tensors(state)) == ["norm.weight"]
+    regimes = ["few_shot", "all"]
+    assert encoder_drift.finetune_name("finetune_few_shot_no_anchors_seed12", regimes) == ("few_shot", "no_anchors", 12)
+    assert encoder_drift.finetune_name("finetune_all_anatomy_seed0", regimes) == ("all", "anatomy", 0)
+    with pytest.raises(ValueError, match="finetune_half_anatomy_seed0: not a fine-tuning of one of the regimes"):
+        encoder_drift.finetune_name("finetune_half_anatomy_seed0", regimes)
+    parts = ["encoder", *encoder_drift.PARTS]
+    runs = [
+        {"regime": "few_shot", "arm": "anatomy", "seed": seed, "change": dict.fromkeys(parts, v)}
+        for seed, v in ((1, 0.2), (0, 0.1))
+    ]
+    table = encoder_drift.drift_markdown({"written": "now", "runs": runs}, "cpu")
+    assert "## How far did fine-tuning move each encoder? (cpu)" in table
+    assert "| few_shot | anatomy | 0, 1 | 0.150 ± 0.071 |" in table
+
+
 def test_change_from_scratch_counts_only_the_seeds_both_arms_have():
     scratch = {0: {"class0": 0.8, "mean": 0.8}, 1: {"class0": 0.9, "mean": 0.9}}  # seed 1 done only in scratch
     anatomy = {0: {"class0": 0.82, "mean": 0.82}}
@@ -1098,15 +1128,26 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
         assert 0.0 <= result["foreground_dice"] <= 1.0
     assert json.loads((out / "pretrain_check.json").read_text()) == check
 
-    # a second run finds every stage done and rewrites the same table, keeping the check's section
+    # each fine-tuning's starting encoder rebuilt from its command: two early warm-up steps barely move it, in every
+    # arm (a wrong rebuild, such as another seed's random initialisation for scratch, would differ by about 1.4)
+    moved = encoder_drift_of(out=str(out), dataset_dir=str(hippocampus_dir), results_doc=str(doc))
+    assert {(r["regime"], r["arm"]) for r in moved["runs"]} == {
+        (regime, arm) for regime in ("few_shot", "all") for arm in ("scratch", "primitives", "anatomy")
+    }
+    assert all(0.0 < r["change"]["encoder"] < 0.05 for r in moved["runs"]), moved["runs"]
+    assert json.loads((out / encoder_drift.DRIFT_FILE).read_text()) == moved
+
+    # a second run finds every stage done and rewrites the same table, keeping the check's and the drift's sections
     start = time.perf_counter()
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert again.returncode == 0 and again.stdout.count("skip ") == 14 and "start " not in again.stdout
     assert time.perf_counter() - start < 60
     assert json.loads((out / "results.json").read_text())["results"] == summary["results"]
-    assert all(
-        "## Did each pre-training learn its synthetic task?" in page.read_text() for page in (doc, out / "results.md")
-    )
+    for page in (doc, out / "results.md"):
+        text = page.read_text()
+        assert "## Did each pre-training learn its synthetic task?" in text
+        assert "## How far did fine-tuning move each encoder? (transfer)" in text, page
+    assert json.loads((published / encoder_drift.DRIFT_FILE).read_text()) == moved
 
     # pack what must outlast a lent machine, unpack elsewhere: the next run resumes with nothing left to do
     packed = tmp_path / "packed"

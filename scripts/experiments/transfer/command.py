@@ -1,5 +1,6 @@
 """The transfer experiment's command line: ``run`` (plan, run or resume the stages, write the results), ``ablate``
-(the ablation arms and the data-volume curve on top of a main run), ``pack`` and ``unpack``.
+(the ablation arms and the data-volume curve on top of a main run), the read-only ``status``, ``report``,
+``check_pretrain`` and ``encoder_drift``, ``pack`` and ``unpack``.
 ``scripts/run_transfer_experiment.py`` calls :func:`main`."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import _bundles
 
 from experiments.runner import Stage, StageRunner
-from experiments.transfer import ablation, progress, synthetic_check
+from experiments.transfer import ablation, encoder_drift, progress, synthetic_check
 from experiments.transfer.estimate import measured_pace, plan_lines
 from experiments.transfer.extend import check_extension, extend_pretraining
 from experiments.transfer.pack import pack, unpack
@@ -267,6 +268,23 @@ def check_pretrain(
     return result
 
 
+def drift(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), results_doc: str | None = None) -> dict:
+    """How far did each finished fine-tuning of the run ``out`` (``run``'s or ``ablate``'s folder) move its encoder
+    from where it started (the pre-trained encoder, or the seed's random initialisation)? The relative change of the
+    Swin encoder's weights, whole and per part, each start rebuilt from the stage's recorded command. Writes
+    ``<out>/encoder_drift.json`` and a section of ``<out>/results.md`` (and of ``results_doc`` when given) that
+    ``run`` keeps (``experiments/transfer/encoder_drift.py``). Runs no stage."""
+    out_path = Path(out).resolve()
+    settings, _, stages = progress.run_plan(out_path, Path(dataset_dir).resolve())
+    result = encoder_drift.measure_run(out_path, stages, list(settings.regimes))
+    write_json_atomic(out_path / encoder_drift.DRIFT_FILE, result)
+    markdown = encoder_drift.drift_markdown(result, out_path.name)
+    for page in [out_path / "results.md", *([Path(results_doc)] if results_doc else [])]:
+        write_section(page, encoder_drift.section_name(out_path), markdown)
+    print(markdown)
+    return result
+
+
 def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), results_doc: str | None = None) -> dict:
     """Write the results of the run ``out`` (``run``'s or ``ablate``'s folder) from every evaluation finished so far,
     as ``run`` and ``ablate`` do when they end: ``results.json``, ``results.md``, the PNGs, and the run's section of
@@ -292,6 +310,7 @@ COMMANDS = {
     "run": run,
     "ablate": ablate,
     "check_pretrain": check_pretrain,
+    "encoder_drift": drift,
     "status": status,
     "report": report,
     "pack": pack,

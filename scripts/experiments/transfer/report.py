@@ -24,7 +24,7 @@ from synth_transforms.machine import device_name, machine_facts
 
 SECTION_BEGIN = "<!-- section {name}: written by scripts/run_transfer_experiment.py; replaced on each run -->"
 SECTION_END = "<!-- end of section {name} -->"
-PUBLISHED = ("results.json", "settings.json", "pretrain_check.json", "*.png", "stages/*.json")  # small, lasting
+PUBLISHED = ("results.json", "settings.json", "pretrain_check.json", "encoder_drift.json", "*.png", "stages/*.json")
 SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
 FIGURES = {  # written beside results.json: file name and alternative text of each figure
@@ -370,9 +370,9 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
 
 
 def publish_records(out: Path, results_doc: Path) -> Path:
-    """Copy the run's small records (``PUBLISHED``: results, settings, stage records, the synthetic check, the PNGs)
-    to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it, so that the page links
-    nothing outside the repository; returns that folder. Each file is written atomically."""
+    """Copy the run's small records (``PUBLISHED``: results, settings, stage records, the synthetic check, the
+    encoder drift, the PNGs) to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it,
+    so that the page links nothing outside the repository; returns that folder. Each file is written atomically."""
     dest = (results_doc.resolve().parent / "records" / out.resolve().name).resolve()
     for pattern in PUBLISHED:
         for source in sorted(out.glob(pattern)):
