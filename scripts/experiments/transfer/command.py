@@ -260,11 +260,10 @@ def check_pretrain(
     out_path = Path(out).resolve()
     chosen = None if names is None else only_patterns(names)
     result = synthetic_check.check_run(out_path, num_samples, chosen)
-    write_json_atomic(out_path / synthetic_check.CHECK_FILE, result)
     markdown = synthetic_check.check_markdown(result, out_path.name)
-    for page in [out_path / "results.md", *([Path(results_doc)] if results_doc else [])]:
-        write_section(page, synthetic_check.section_name(out_path), markdown)
-    print(markdown)
+    write_finding(
+        out_path / synthetic_check.CHECK_FILE, result, synthetic_check.section_name(out_path), markdown, results_doc
+    )
     return result
 
 
@@ -277,12 +276,21 @@ def drift(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), r
     out_path = Path(out).resolve()
     settings, _, stages = progress.run_plan(out_path, Path(dataset_dir).resolve())
     result = encoder_drift.measure_run(out_path, stages, list(settings.regimes))
-    write_json_atomic(out_path / encoder_drift.DRIFT_FILE, result)
     markdown = encoder_drift.drift_markdown(result, out_path.name)
-    for page in [out_path / "results.md", *([Path(results_doc)] if results_doc else [])]:
-        write_section(page, encoder_drift.section_name(out_path), markdown)
-    print(markdown)
+    write_finding(
+        out_path / encoder_drift.DRIFT_FILE, result, encoder_drift.section_name(out_path), markdown, results_doc
+    )
     return result
+
+
+def write_finding(path: Path, result: dict, section: str, markdown: str, results_doc: str | None) -> None:
+    """Write a read-only command's ``result`` as ``path`` (JSON, in the run folder) and ``markdown`` as the
+    section ``section`` of the run's ``results.md`` (which ``run`` keeps) and of ``results_doc`` when given; print
+    the markdown."""
+    write_json_atomic(path, result)
+    for page in [path.parent / "results.md", *([Path(results_doc)] if results_doc else [])]:
+        write_section(page, section, markdown)
+    print(markdown)
 
 
 def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), results_doc: str | None = None) -> dict:
