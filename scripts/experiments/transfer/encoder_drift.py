@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from experiments.runner import Stage, is_done, read_record, utc_now
+from experiments.transfer.plan import FINETUNED_WEIGHTS
 from experiments.transfer.report import run_section
 from experiments.transfer.synthetic_check import bundle_parser
 from synth_transforms.export import read_network_state
@@ -26,7 +27,6 @@ DRIFT_FILE = "encoder_drift.json"  # in the run folder
 SECTION = "encoder_drift"  # its section in a results page: encoder_drift_<run folder name>
 ENCODER = "swinViT."
 PARTS = ("patch_embed", "layers1", "layers2", "layers3", "layers4")
-FINAL_WEIGHTS = Path("models") / "model_final.pt"
 
 
 def encoder_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -78,7 +78,7 @@ def measure_run(out: Path, stages: Sequence[Stage], regimes: Sequence[str]) -> d
             continue
         regime, arm, seed = finetune_name(stage.name, regimes)
         start = starting_encoder(read_record(out, stage.name)["command"])
-        final = encoder_tensors(read_network_state(stage.root / FINAL_WEIGHTS))
+        final = encoder_tensors(read_network_state(stage.root / FINETUNED_WEIGHTS))
         runs.append({"regime": regime, "arm": arm, "seed": seed, "change": relative_change(start, final)})
     if not runs:
         raise FileNotFoundError(f"{out}: no finished fine-tuning yet (run its finetune stages first)")

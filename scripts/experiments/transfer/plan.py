@@ -22,6 +22,7 @@ FINETUNE_CONFIG_FILES = ["train.json", "msd_hippocampus.json"]
 EVALUATE_CONFIG_FILES = [*FINETUNE_CONFIG_FILES, "evaluate.json"]
 ENCODER = "model_swinvit.pt"
 METRICS_FILE = "metrics/val_mean_dice_raw.csv"  # in an evaluation's folder: Dice per case and class
+FINETUNED_WEIGHTS = "models/model_final.pt"  # in a fine-tuning's folder: its final network, the one evaluated
 QUICK_VAL_CASES = 2  # validation cases of --quick (the experiment's own; the rest comes from cpu_smoke.json)
 BANK_SUBJECTS = _bundles.REPO.parent / "shared" / "data" / "shape_bank_subjects"  # the five label maps of the method
 BANK_LABEL_MAPS = "*/label_total117.nii.gz"
@@ -384,12 +385,12 @@ def finetune_pair(
     if encoder is not None:
         overrides |= {"pretrained": str(encoder), "transfer": "encoder"}
     tune = BundleStage(
-        f"finetune_{name}", root, ["models/model_final.pt"], list(needs), s.finetune_iterations, resumable=True,
+        f"finetune_{name}", root, [FINETUNED_WEIGHTS], list(needs), s.finetune_iterations, resumable=True,
         bundle=_bundles.FINETUNE, config_files=list(FINETUNE_CONFIG_FILES), overrides=overrides,
     )  # fmt: skip
     overrides = {
         **data, **network, **loading, "seed": seed,
-        "checkpoint": str(root / "models" / "model_final.pt"), "output_dir": "$@bundle_root + '/metrics'",
+        "checkpoint": str(root / FINETUNED_WEIGHTS), "output_dir": "$@bundle_root + '/metrics'",
     }  # fmt: skip
     evaluate = BundleStage(
         f"evaluate_{name}", out / "evaluate" / name, [METRICS_FILE], [tune.name],
