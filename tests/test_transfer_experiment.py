@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -1011,8 +1012,20 @@ def test_report_writes_the_results_of_a_run_or_an_ablation_and_runs_nothing(tmp_
     doc = tmp_path / "results.md"
     with pytest.raises(FileNotFoundError, match="dataset.json not found"):
         command.report(out=str(main), dataset_dir=str(tmp_path))
+    running = main / "evaluate" / "few_shot_primitives_seed0.partial" / "metrics"  # a stage not finished
+    running.mkdir(parents=True)
+    (running / "val_mean_dice_raw.csv").write_text("filename\tclass0\tclass1\tmean\nc\t0.1\t0.1\t0\n")
     summary = command.report(out=str(main), dataset_dir=str(hippocampus_dir), results_doc=str(doc))
     anatomy = summary["statistics"]["few_shot"]["arms"]["anatomy"]["mean"]
+    # the records published beside the page rebuild the results alone (a lost run folder loses no result), and hold
+    # nothing of an unfinished stage
+    published = tmp_path / "records" / "main"
+    assert (published / "evaluate" / "few_shot_anatomy_seed1" / plan.METRICS_FILE).is_file()
+    assert not list(published.rglob("*.partial"))
+    rebuilt = tmp_path / "rebuilt" / "main"
+    shutil.copytree(published, rebuilt)
+    again = command.report(out=str(rebuilt), dataset_dir=str(hippocampus_dir))
+    assert again["results"] == summary["results"] and again["statistics"] == summary["statistics"]
     assert anatomy["n"] == 2 and anatomy["mean"] == pytest.approx(0.5625)
     assert (
         json.loads((main / "results.json").read_text())["statistics"]["few_shot"]["arms"]["anatomy"]["mean"] == anatomy

@@ -15,16 +15,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.runner import Stage, read_record, utc_now
-from experiments.transfer.curves import collect_curves, seed_average, write_curve_png
+from experiments.transfer.curves import CURVE_FILE, collect_curves, seed_average, write_curve_png
 from experiments.transfer.difference_plot import difference_panels, write_difference_png
-from experiments.transfer.plan import ARMS, PRETRAIN_CONFIG_FILES, Settings
+from experiments.transfer.plan import ARMS, METRICS_FILE, PRETRAIN_CONFIG_FILES, Settings
 from experiments.transfer.stats import regime_statistics
 from synth_transforms.io import atomic_path, read_json, write_json_atomic
 from synth_transforms.machine import device_name, machine_facts
 
 SECTION_BEGIN = "<!-- section {name}: written by scripts/run_transfer_experiment.py; replaced on each run -->"
 SECTION_END = "<!-- end of section {name} -->"
-PUBLISHED = ("results.json", "settings.json", "pretrain_check.json", "encoder_drift.json", "*.png", "stages/*.json")
+TRAIN_CASES_FILE = "train_cases.json"  # in a fine-tuning's runs/: the training cases the bundle drew
+REPORT_INPUTS = (  # what the report reads from the stages' folders: published too, so the records alone rebuild it
+    f"evaluate/*/{METRICS_FILE}",
+    f"finetune/*/runs/{CURVE_FILE}",
+    f"finetune/*/runs/{TRAIN_CASES_FILE}",
+    f"pretrain/*/runs/{CURVE_FILE}",
+)
+PUBLISHED = (
+    "results.json", "settings.json", "pretrain_check.json", "encoder_drift.json", "*.png", "stages/*.json",
+    *REPORT_INPUTS,
+)  # fmt: skip
 SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
 FIGURES = {  # written beside results.json: file name and alternative text of each figure
@@ -49,7 +59,7 @@ def read_dice(csv_path: Path) -> dict[str, float]:
 def few_shot_cases(out: Path, settings: Settings) -> list[str] | None:
     """Names of the few-shot training cases, as recorded by the first few-shot fine-tuning (None before it ran)."""
     seed = settings.regime_seeds("few_shot")[0]
-    record = out / "finetune" / f"few_shot_scratch_seed{seed}" / "runs" / "train_cases.json"
+    record = out / "finetune" / f"few_shot_scratch_seed{seed}" / "runs" / TRAIN_CASES_FILE
     if not record.is_file():
         return None
     return [Path(case["image"]).name.removesuffix(".nii.gz") for case in read_json(record, "case record")["training"]]
@@ -67,7 +77,7 @@ def collect_dice(settings: Settings, out: Path) -> dict:
         for arm in ARMS:
             runs = {}
             for seed in settings.regime_seeds(regime):
-                metrics = out / "evaluate" / f"{regime}_{arm}_seed{seed}" / "metrics" / "val_mean_dice_raw.csv"
+                metrics = out / "evaluate" / f"{regime}_{arm}_seed{seed}" / METRICS_FILE
                 if metrics.is_file():
                     runs[seed] = read_dice(metrics)
             if runs:
@@ -371,11 +381,15 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
 
 def publish_records(out: Path, results_doc: Path) -> Path:
     """Copy the run's small records (``PUBLISHED``: results, settings, stage records, the synthetic check, the
-    encoder drift, the PNGs) to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it,
-    so that the page links nothing outside the repository; returns that folder. Each file is written atomically."""
+    encoder drift, the PNGs, and the files of finished stages that the report reads: per-case Dice, learning curves,
+    training cases) to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it, so that
+    the page links nothing outside the repository and ``report`` rebuilds the results from that folder alone;
+    returns that folder. Each file is written atomically."""
     dest = (results_doc.resolve().parent / "records" / out.resolve().name).resolve()
     for pattern in PUBLISHED:
         for source in sorted(out.glob(pattern)):
+            if any(part.endswith(".partial") for part in source.relative_to(out).parts):
+                continue  # a stage still running (or killed): nothing of it is a record yet
             with atomic_path(dest / source.relative_to(out)) as tmp:
                 shutil.copyfile(source, tmp)
     return dest
