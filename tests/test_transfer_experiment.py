@@ -286,6 +286,14 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     only_anatomy = [by_name["pretrain_anatomy"]]  # what the started anatomy pre-training has left: half its estimate
     assert progress.time_left(only_anatomy, now, cpu, 2, 2, sizes) == pytest.approx(half)
     assert data["time_left_s"] < progress.time_left(stages, waiting, cpu, 2, 2, sizes)
+    # --only: the stages a `run --only` would run, and the time left to finish those alone
+    chosen = command.status(out=str(run), jobs=2, dataset_dir=str(hippocampus_dir), only="pretrain_*,*_all_*")
+    expected = [s.name for s in stages if s.name.startswith("pretrain_") or "_all_" in s.name]
+    assert [p["name"] for p in chosen["stages"]] == expected and chosen["counts"]["started"] == 2
+    assert chosen["time_left_s"] < data["time_left_s"]
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"{len(expected)} stages: 2 started, 6 waiting")
+    with pytest.raises(ValueError, match="matches no stage"):
+        command.status(out=str(run), dataset_dir=str(hippocampus_dir), only="nothing")
 
     ablation_out = tmp_path / "ablation"
     ablation_out.mkdir()

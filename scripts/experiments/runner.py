@@ -18,12 +18,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
+import fnmatch
 import shutil
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from synth_transforms.cli_args import comma_items
 from synth_transforms.io import read_json, write_json_atomic
 
 RESUME_KEY = "stage_key.json"  # in a partial folder: the command and prerequisites it was started with
@@ -48,6 +50,20 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def command(self, root: Path | None = None) -> list[str]:
         """The command filling ``root`` (default: the stage's folder)."""
+
+
+def only_patterns(only: str | Sequence[str]) -> list[str]:
+    """The name patterns of ``--only``: a list (fire makes one of ``a,b``) or a comma string (``'bank,pretrain_*'``)."""
+    return [str(pattern) for pattern in comma_items(only)]
+
+
+def select_stages(stages: Sequence[Stage], only: str | Sequence[str]) -> list[Stage]:
+    """The stages whose names match one of the ``--only`` patterns, in plan order; none matching is an error."""
+    patterns = only_patterns(only)
+    selected = [stage for stage in stages if any(fnmatch.fnmatch(stage.name, p) for p in patterns)]
+    if not selected:
+        raise ValueError(f"--only {patterns} matches no stage; stages are {[s.name for s in stages]}")
+    return selected
 
 
 def utc_now() -> str:

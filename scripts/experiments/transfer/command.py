@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import inspect
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import _bundles
 
-from experiments.runner import Stage, StageRunner
+from experiments.runner import Stage, StageRunner, only_patterns, select_stages
 from experiments.transfer import ablation, encoder_drift, progress, synthetic_check
 from experiments.transfer.estimate import measured_pace, plan_lines
 from experiments.transfer.extend import check_extension, extend_pretraining
@@ -32,7 +31,6 @@ from experiments.transfer.plan import (
     write_datalist,
 )
 from experiments.transfer.report import results_table, summarise, write_results, write_section
-from synth_transforms.cli_args import comma_items
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
 
@@ -79,20 +77,6 @@ def code_commit(repo: Path = _bundles.REPO) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
-
-
-def only_patterns(only: str | Sequence[str]) -> list[str]:
-    """The name patterns of ``--only``: a list (fire makes one of ``a,b``) or a comma string (``'bank,pretrain_*'``)."""
-    return [str(pattern) for pattern in comma_items(only)]
-
-
-def select_stages(stages: Sequence[Stage], only: str | Sequence[str]) -> list[Stage]:
-    """The stages whose names match one of the ``--only`` patterns, in plan order; none matching is an error."""
-    patterns = only_patterns(only)
-    selected = [stage for stage in stages if any(fnmatch.fnmatch(stage.name, p) for p in patterns)]
-    if not selected:
-        raise ValueError(f"--only {patterns} matches no stage; stages are {[s.name for s in stages]}")
-    return selected
 
 
 def record_settings(path: Path, recorded: dict, what: str) -> None:
@@ -304,12 +288,18 @@ def report(out: str = "runs/transfer", dataset_dir: str = str(DEFAULT_DATASET), 
     return write_report(out_path, settings, choices, stages, dataset, results_doc, code_commit())
 
 
-def status(out: str = "runs/transfer", jobs: int = 1, dataset_dir: str = str(DEFAULT_DATASET)) -> dict:
+def status(
+    out: str = "runs/transfer",
+    jobs: int = 1,
+    dataset_dir: str = str(DEFAULT_DATASET),
+    only: str | Sequence[str] = "*",
+) -> dict:
     """Where the run ``out`` (``run``'s or ``ablate``'s folder) stands: each stage done, failed, started (with its
-    last validation round) or waiting, and the wall time left with ``jobs`` stages at a time. Reads the folder only,
-    so it can be asked while the run goes on (``experiments/transfer/progress.py``)."""
+    last validation round) or waiting, and the wall time left with ``jobs`` stages at a time. ``--only`` restricts
+    both to the stages a ``run --only`` selects (the same patterns). Reads the folder only, so it can be asked while
+    the run goes on (``experiments/transfer/progress.py``)."""
     cores = os.cpu_count() or 1
-    lines, data = progress.status_lines(Path(out).resolve(), Path(dataset_dir).resolve(), int(jobs), cores)
+    lines, data = progress.status_lines(Path(out).resolve(), Path(dataset_dir).resolve(), int(jobs), cores, only)
     print("\n".join(lines))
     return data
 

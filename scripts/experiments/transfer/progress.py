@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.runner import Stage, earlier_time, is_done, partial_path, read_record
+from experiments.runner import Stage, earlier_time, is_done, partial_path, read_record, select_stages
 from experiments.transfer import ablation
 from experiments.transfer.curves import CURVE_FILE, read_curve
 from experiments.transfer.estimate import (
@@ -130,9 +130,13 @@ def describe(p: StageProgress) -> str:
     return ""
 
 
-def status_lines(out: Path, dataset_dir: Path, jobs: int, cpu_count: int) -> tuple[list[str], dict]:
-    """The printout of ``status`` and its data: one line per stage, the counts and the time left."""
+def status_lines(
+    out: Path, dataset_dir: Path, jobs: int, cpu_count: int, only: str | Sequence[str] = "*"
+) -> tuple[list[str], dict]:
+    """The printout of ``status`` and its data: one line per stage (those matching ``only``, as ``run --only``
+    selects them), the counts and the time left to finish them."""
     settings, choices, stages = run_plan(out, dataset_dir)
+    stages = select_stages(stages, only)
     progress = {stage.name: stage_progress(out, stage) for stage in stages}
     counts = {state: sum(p.state == state for p in progress.values()) for state in ("done", "started", "failed")}
     counts["waiting"] = len(stages) - sum(counts.values())
