@@ -295,6 +295,17 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     with pytest.raises(ValueError, match="matches no stage"):
         command.status(out=str(run), dataset_dir=str(hippocampus_dir), only="nothing")
 
+    # with its runner's clock, a started training counts at its own pace up to its last validation round
+    clock = run / "pretrain" / "anatomy.partial" / runner.TIME_FILE
+    clock.write_text('{"seconds": 1100.0, "segments": 1}')
+    os.utime(curve, (1_000_000, 1_000_000))
+    os.utime(clock, (1_000_100, 1_000_100))  # recorded 100 s after the round: 1000 s at the round (halfway)
+    timed = progress.stage_progress(run, by_name["pretrain_anatomy"])
+    assert timed.validated_s == pytest.approx(1000.0) and timed.own_seconds_left == pytest.approx(1000.0)
+    assert progress.time_left(only_anatomy, {timed.name: timed}, cpu, 2, 2, sizes) == pytest.approx(1000.0)
+    command.status(out=str(run), dataset_dir=str(hippocampus_dir), only="pretrain_anatomy")
+    assert "own pace: pretrain_anatomy 0.8 s/it" in capsys.readouterr().out  # 1000 s over 1200 iterations
+
     ablation_out = tmp_path / "ablation"
     ablation_out.mkdir()
     choices = ablation.AblationSettings(str(run), "fill", (), "0")

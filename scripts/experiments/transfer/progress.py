@@ -1,17 +1,17 @@
 """Where a run stands (``status``): every stage of a ``run`` or ``ablate`` folder done, failed, started or waiting;
 how far a started training got (its last validation round); and the wall time left, estimated as the dry run
-estimates it (at the measured pace of the run's finished stages where it has some) and scheduled as the stage runner
-runs the stages. Reads the folder only: it starts nothing, so it can be asked while the run goes on, or between
+estimates it (at the measured pace of the run's finished stages where it has some; a started training at its own
+pace up to its last validation round) and scheduled as the stage runner runs the stages. Reads the folder only: it starts nothing, so it can be asked while the run goes on, or between
 sessions of a run that resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from experiments.runner import Stage, earlier_time, is_done, partial_path, read_record, select_stages
+from experiments.runner import TIME_FILE, Stage, earlier_time, is_done, partial_path, read_record, select_stages
 from experiments.transfer import ablation
 from experiments.transfer.curves import CURVE_FILE, read_curve
 from experiments.transfer.estimate import (
@@ -40,6 +40,15 @@ class StageProgress:
     last_dice: float | None = None
     wall_s: float | None = None
     finished: str | None = None
+    validated_s: float | None = None  # a started training: its wall time when it ran its last validation round
+
+    @property
+    def own_seconds_left(self) -> float | None:
+        """A started training's time left at its own pace up to its last validation round (None without one): what
+        it spent to get there, per iteration, times the iterations after it."""
+        if self.state != "started" or not (self.iterations and self.done_iterations and self.validated_s):
+            return None
+        return self.validated_s / self.done_iterations * max(0, self.iterations - self.done_iterations)
 
     @property
     def fraction_left(self) -> float:
@@ -72,6 +81,16 @@ def last_validation(folder: Path) -> dict | None:
     return rounds[-1] if rounds else None
 
 
+def validated_seconds(partial: Path, spent: float | None) -> float | None:
+    """A started training's wall time at its last validation round: the time its runner last recorded (``spent``,
+    at the time file's modification) less what passed between that round (the curve file's modification) and then."""
+    curve, clock = partial / "runs" / CURVE_FILE, partial / TIME_FILE
+    if not spent or not curve.is_file() or not clock.is_file():
+        return None
+    at_round = spent - max(0.0, clock.stat().st_mtime - curve.stat().st_mtime)
+    return at_round if at_round > 0 else None
+
+
 def stage_progress(out: Path, stage: Stage) -> StageProgress:
     """The state of one stage, from its record and its (partial) folder."""
     record = read_record(out, stage.name)
@@ -83,7 +102,8 @@ def stage_progress(out: Path, stage: Stage) -> StageProgress:
     partial = partial_path(stage)
     if partial.is_dir():
         last, spent = last_validation(partial) or {}, earlier_time(partial)["seconds"] or None
-        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("mean"), spent)
+        return StageProgress(stage.name, "started", stage.iterations, last.get("iteration"), last.get("mean"), spent,
+                             validated_s=validated_seconds(partial, spent))  # fmt: skip
     return StageProgress(stage.name, "waiting", stage.iterations)
 
 
@@ -101,12 +121,17 @@ def time_left(
     sizes: dict,
     pace: dict[str, Pace] | None = None,
 ) -> float | None:
-    """Estimated wall seconds until every stage is done (``jobs`` at a time; a started stage counts for what it has
-    left after its last validation round); None where neither a measured ``pace`` nor a step time exists (CUDA)."""
+    """Estimated wall seconds until every stage is done (``jobs`` at a time; a started training counts for what it
+    has left after its last validation round, at its own pace when it has one); None where neither a measured
+    ``pace`` nor a step time exists (CUDA)."""
     threads = stage_threads(s.device, jobs, cpu_count)
     todo = [stage for stage in stages if progress[stage.name].state != "done"]
     seconds = {}
     for stage in todo:
+        own = progress[stage.name].own_seconds_left
+        if own is not None:
+            seconds[stage.name] = own
+            continue
         estimate = estimate_seconds(stage, s, threads, **sizes, pace=pace)
         if estimate is None:
             return None
@@ -128,6 +153,13 @@ def describe(p: StageProgress) -> str:
     if p.state == "started":
         return f"started, no validation round yet{spent}"
     return ""
+
+
+def own_pace_note(states: Iterable[StageProgress]) -> str:
+    """The started trainings counted at their own pace, with that pace."""
+    own = [p for p in states if p.own_seconds_left is not None]
+    paces = ", ".join(f"{p.name} {p.validated_s / p.done_iterations:.1f} s/it" for p in own)
+    return f"; started trainings at their own pace: {paces}" if own else ""
 
 
 def status_lines(
@@ -153,7 +185,7 @@ def status_lines(
     else:
         lines.append(
             f"time left: about {format_duration(left)} with {jobs} stage(s) at a time on {cpu_count} core(s) "
-            f"({pace_note(pace, stages)})"
+            f"({pace_note(pace, stages)}{own_pace_note(progress.values())})"
         )
     data = {"stages": [dataclasses.asdict(p) for p in progress.values()], "counts": counts, "time_left_s": left}
     return lines, data
