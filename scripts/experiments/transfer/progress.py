@@ -1,8 +1,8 @@
 """Where a run stands (``status``): every stage of a ``run`` or ``ablate`` folder done, failed, started or waiting;
 how far a started training got (its last validation round); and the wall time left, estimated as the dry run
 estimates it (at the measured pace of the run's finished stages where it has some; a started training at its own
-pace up to its last validation round) and scheduled as the stage runner runs the stages. Reads the folder only: it starts nothing, so it can be asked while the run goes on, or between
-sessions of a run that resumes.
+pace up to its last validation round) and scheduled as the stage runner runs the stages. Reads the folder only: it
+starts nothing, so it can be asked while the run goes on, or between sessions of a run that resumes.
 """
 
 from __future__ import annotations
