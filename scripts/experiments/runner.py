@@ -28,6 +28,7 @@ from pathlib import Path
 from synth_transforms.cli_args import comma_items
 from synth_transforms.io import read_json, write_json_atomic
 
+PARTIAL_SUFFIX = ".partial"  # a stage's folder while it runs: <root>.partial
 RESUME_KEY = "stage_key.json"  # in a partial folder: the command and prerequisites it was started with
 TIME_FILE = "stage_time.json"  # in a stage's folder: its wall seconds over every segment of a resumed run
 HEARTBEAT_S = 60.0  # how often a running stage's time file is updated (what a killed segment can leave uncounted)
@@ -94,7 +95,12 @@ def is_done(out: Path, stage: Stage) -> bool:
 
 def partial_path(stage: Stage) -> Path:
     """The folder a stage fills while it runs."""
-    return stage.root.with_name(stage.root.name + ".partial")
+    return stage.root.with_name(stage.root.name + PARTIAL_SUFFIX)
+
+
+def in_partial_folder(relative: Path) -> bool:
+    """Whether a path (relative to the run folder) lies in a stage's partial folder: part of no finished stage."""
+    return any(part.endswith(PARTIAL_SUFFIX) for part in relative.parts)
 
 
 def resume_key(out: Path, stage: Stage) -> dict:

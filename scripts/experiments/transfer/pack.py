@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from experiments.runner import in_partial_folder
 from experiments.transfer.plan import ENCODER, PRETRAIN_CONFIG_FILES
 from synth_transforms.io import atomic_path
 
@@ -23,7 +24,7 @@ def lasting_files(out: Path) -> list[Path]:
     keep = []
     for path in sorted(out.rglob("*")):
         relative = path.relative_to(out)
-        if not path.is_file() or any(part.endswith(".partial") for part in relative.parts):
+        if not path.is_file() or in_partial_folder(relative):
             continue
         in_bank = relative.parts[0] == BANK_FOLDER and path.suffix == ".npz"
         if path.suffix in SMALL_SUFFIXES or "events.out.tfevents" in path.name or in_bank:

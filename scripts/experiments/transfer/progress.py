@@ -43,12 +43,17 @@ class StageProgress:
     validated_s: float | None = None  # a started training: its wall time when it ran its last validation round
 
     @property
-    def own_seconds_left(self) -> float | None:
-        """A started training's time left at its own pace up to its last validation round (None without one): what
-        it spent to get there, per iteration, times the iterations after it."""
+    def own_pace(self) -> float | None:
+        """A started training's seconds per iteration up to its last validation round (None without one)."""
         if self.state != "started" or not (self.iterations and self.done_iterations and self.validated_s):
             return None
-        return self.validated_s / self.done_iterations * max(0, self.iterations - self.done_iterations)
+        return self.validated_s / self.done_iterations
+
+    @property
+    def own_seconds_left(self) -> float | None:
+        """A started training's time left at its own pace: the iterations after its last validation round."""
+        pace = self.own_pace
+        return None if pace is None else pace * max(0, self.iterations - self.done_iterations)
 
     @property
     def fraction_left(self) -> float:
@@ -157,8 +162,8 @@ def describe(p: StageProgress) -> str:
 
 def own_pace_note(states: Iterable[StageProgress]) -> str:
     """The started trainings counted at their own pace, with that pace."""
-    own = [p for p in states if p.own_seconds_left is not None]
-    paces = ", ".join(f"{p.name} {p.validated_s / p.done_iterations:.1f} s/it" for p in own)
+    own = [p for p in states if p.own_pace is not None]
+    paces = ", ".join(f"{p.name} {p.own_pace:.1f} s/it" for p in own)
     return f"; started trainings at their own pace: {paces}" if own else ""
 
 

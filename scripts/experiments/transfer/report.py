@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.runner import Stage, read_record, utc_now
+from experiments.runner import Stage, in_partial_folder, read_record, utc_now
 from experiments.transfer.curves import CURVE_FILE, collect_curves, seed_average, write_curve_png
 from experiments.transfer.difference_plot import difference_panels, write_difference_png
 from experiments.transfer.plan import ARMS, METRICS_FILE, PRETRAIN_CONFIG_FILES, Settings
@@ -388,7 +388,7 @@ def publish_records(out: Path, results_doc: Path) -> Path:
     dest = (results_doc.resolve().parent / "records" / out.resolve().name).resolve()
     for pattern in PUBLISHED:
         for source in sorted(out.glob(pattern)):
-            if any(part.endswith(".partial") for part in source.relative_to(out).parts):
+            if in_partial_folder(source.relative_to(out)):
                 continue  # a stage still running (or killed): nothing of it is a record yet
             with atomic_path(dest / source.relative_to(out)) as tmp:
                 shutil.copyfile(source, tmp)
