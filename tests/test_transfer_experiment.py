@@ -312,7 +312,9 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(cpu)}
     (ablation_out / "settings.json").write_text(json.dumps(recorded))
     names = [p["name"] for p in command.status(out=str(ablation_out), dataset_dir=str(hippocampus_dir))["stages"]]
-    assert names == ["pretrain_fill", "finetune_few_shot_fill_seed0", "evaluate_few_shot_fill_seed0"]
+    kinds = ("finetune", "evaluate")
+    pairs = [f"{kind}_few_shot_{arm}_seed0" for arm in ("scratch", "anatomy", "fill") for kind in kinds]
+    assert names == ["pretrain_fill", *pairs]  # the reference arms, scratch and anatomy, are fine-tuned there too
     gpu = tmp_path / "gpu"
     gpu.mkdir()
     (gpu / "settings.json").write_text(json.dumps(dataclasses.asdict(plan.make_settings("gpu"))))
@@ -857,6 +859,14 @@ def fake_main_run(root: Path, settings: plan.Settings) -> Path:
     return root
 
 
+def add_main_encoder(main: Path) -> Path:
+    """The main run's anatomy encoder, which the ablation fine-tunes as its full-method reference arm."""
+    encoder = main / "pretrain" / "anatomy" / "models" / "model_swinvit.pt"
+    encoder.parent.mkdir(parents=True)
+    encoder.write_bytes(b"encoder")
+    return encoder
+
+
 def test_ablation_plan_has_the_main_recipe_but_for_the_overlay_or_pool_size(tmp_path, hippocampus_dir):
     cpu = plan.make_settings("cpu")
     main = fake_main_run(tmp_path / "main", cpu)
@@ -869,9 +879,18 @@ def test_ablation_plan_has_the_main_recipe_but_for_the_overlay_or_pool_size(tmp_
     by_name = {stage.name: stage for stage in stages}
     arms = ["no_anchors", "no_topology", "fill", "pool100", "pool1000"]
     assert [stage.name for stage in stages[:5]] == [f"pretrain_{arm}" for arm in arms]
-    assert len(stages) == 5 + 5 * 3 * 2 and "bank" not in by_name  # the main run's bank is reused, not rebuilt
+    assert len(stages) == 5 + (2 + 5) * 3 * 2 and "bank" not in by_name  # the main run's bank is reused, not rebuilt
     tunes = [stage.name.removeprefix("finetune_few_shot_") for stage in stages if stage.name.startswith("finetune_")]
-    assert tunes == [f"{arm}_seed{seed}" for seed in (0, 1, 2) for arm in arms]  # seed-major, as the main run
+    references = ["scratch", "anatomy"]  # fine-tuned here too: every Dice compared comes from one machine and code
+    assert tunes == [f"{arm}_seed{seed}" for seed in (0, 1, 2) for arm in references + arms]  # seed-major
+    for arm in references:  # exactly the main run's stages, the main run's anatomy encoder included, in this folder
+        for seed in (0, 1, 2):
+            name = f"finetune_few_shot_{arm}_seed{seed}"
+            tune, reference = by_name[name], main_stages[name]
+            assert tune.overrides == reference.overrides and tune.needs == [] and tune.root.parent == out / "finetune"
+    encoder = str(main / "pretrain" / "anatomy" / "models" / "model_swinvit.pt")
+    assert by_name["finetune_few_shot_anatomy_seed1"].overrides["pretrained"] == encoder
+    assert "pretrained" not in by_name["finetune_few_shot_scratch_seed1"].overrides
 
     anatomy = main_stages["pretrain_anatomy"]
     for arm, overlay in (("no_anchors", "no_anchors.json"), ("no_topology", "no_topology.json"), ("fill", "fill.json")):
@@ -903,7 +922,7 @@ def test_ablation_plan_has_the_main_recipe_but_for_the_overlay_or_pool_size(tmp_
 
     planned = command.ablate(out=str(out), main_run=str(main), jobs=2, seeds="0,1", dataset_dir=str(hippocampus_dir),
                              dry_run=True)  # fmt: skip
-    assert planned["stages"][:5] == [f"pretrain_{arm}" for arm in arms] and len(planned["stages"]) == 5 + 5 * 2 * 2
+    assert planned["stages"][:5] == [f"pretrain_{arm}" for arm in arms] and len(planned["stages"]) == 5 + 7 * 2 * 2
     assert planned["plan"][-1].startswith("estimated wall time: ") and not out.exists()
 
 
@@ -912,6 +931,7 @@ def test_ablate_refuses_what_would_not_match_the_main_run(tmp_path, hippocampus_
     with pytest.raises(FileNotFoundError, match=r"nowhere/settings.json not found: --main_run must be the folder"):
         command.ablate(out=str(tmp_path / "a"), main_run=str(tmp_path / "nowhere"), dataset_dir=data)
     main = fake_main_run(tmp_path / "main", plan.make_settings("cpu", {"seeds": "0,1,2"}))
+    encoder = add_main_encoder(main)
     kwargs = {"main_run": str(main), "dataset_dir": data}
     with pytest.raises(ValueError, match="--preset 'gpu' differs from the main run's preset 'cpu'"):
         command.ablate(out=str(tmp_path / "a"), preset="gpu", **kwargs)
@@ -933,8 +953,11 @@ def test_ablate_refuses_what_would_not_match_the_main_run(tmp_path, hippocampus_
     assert ablation.AblationSettings(**recorded["ablation"]) == ablation.AblationSettings(str(main))
     with pytest.raises(ValueError, match="other settings"):
         command.ablate(out=str(out), only="nothing_*", pool_sizes="100", **kwargs)
+    encoder.unlink()  # the full-method reference arm needs the main run's anatomy encoder
+    with pytest.raises(FileNotFoundError, match=r"anatomy/models/model_swinvit.pt'\] not found: run its bank and"):
+        command.ablate(out=str(out), only="nothing_*", **kwargs)
     (main / "bank" / "bank_2.25mm.npz").unlink()  # the pre-trainings need the main run's bank
-    with pytest.raises(FileNotFoundError, match=r"bank_2.25mm.npz'\] not found: run its first stages first"):
+    with pytest.raises(FileNotFoundError, match=r"bank_2.25mm.npz', '.*model_swinvit.pt'\] not found: run its bank"):
         command.ablate(out=str(out), only="nothing_*", **kwargs)
 
 
@@ -950,11 +973,11 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     choices = ablation.AblationSettings(str(main), seeds=(0, 1, 2))
     offsets = {"scratch": -0.1, "anatomy": 0.0, "no_anchors": -0.05, "no_topology": 0.0, "fill": 0.02, "pool100": -0.04}
     for arm, offset in offsets.items():
-        for seed in (0, 1, 2):
-            folder = main if arm in ("scratch", "anatomy") else out
+        for seed in (0, 1, 2):  # every arm in the ablation's folder, the reference arms too
             # no_topology: + or - 0.01 around the full method, seed by seed; the rest: one offset for every seed
             shift = (0.01 if seed % 2 else -0.01) if arm == "no_topology" else 0.0
-            write_dice(folder, arm, seed, 0.6 + offset + shift + 0.01 * seed, 0.5 + offset + shift)
+            write_dice(out, arm, seed, 0.6 + offset + shift + 0.01 * seed, 0.5 + offset + shift)
+    write_dice(main, "anatomy", 0, 0.1, 0.1)  # not read: the main run's folder holds no result of the ablation
     for folder, arm, dice in ((main, "anatomy", 0.4), (out, "no_anchors", 0.3)):
         runs = folder / "pretrain" / arm / "runs"
         runs.mkdir(parents=True)
@@ -990,9 +1013,9 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     assert written["pretrain_final"] == {"anatomy": {"iteration": 800, "mean": 0.4, "rounds": 2},
                                          "no_anchors": {"iteration": 800, "mean": 0.3, "rounds": 2}}  # fmt: skip
     assert written["commit"] == "abc123"
-    # what has not finished is named: every ablation stage here (none has a record) and no main-run evaluation
+    # what has not finished is named: every stage here (none has a record), the reference arms' too
     assert "pretrain_pool1000" in written["unfinished"] and "evaluate_few_shot_pool1000_seed2" in written["unfinished"]
-    assert not [name for name in written["unfinished"] if name.startswith("main run")]
+    assert "finetune_few_shot_anatomy_seed0" in written["unfinished"]
 
     page = doc.read_text()
     assert page.startswith("# Transfer experiment results\n\nThe main page.\n\n<!-- section ablation:")
@@ -1057,8 +1080,9 @@ def test_report_writes_the_results_of_a_run_or_an_ablation_and_runs_nothing(tmp_
     out.mkdir()
     recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(cpu)}
     (out / "settings.json").write_text(json.dumps(recorded))
-    for seed in (0, 1):
+    for seed in (0, 1):  # the ablation fine-tunes its reference arms itself: the main run's evaluations are not read
         write_dice(out, "fill", seed, 0.58, 0.5)
+        write_dice(out, "anatomy", seed, 0.62 + 0.01 * seed, 0.5)
     summary = command.report(out=str(out), dataset_dir=str(hippocampus_dir), results_doc=str(doc))
     difference = summary["statistics"]["few_shot"]["differences"]["fill-anatomy"]["mean"]["differences"]
     assert difference == pytest.approx([-0.02, -0.025])  # (0.58 + 0.5) / 2 against (0.62 + 0.01 seed + 0.5) / 2

@@ -4,9 +4,11 @@ Each ablation arm pre-trains the anatomy bundle with one component switched off 
 organs at random positions; ``no_topology.json``: no insertion checks; ``fill.json``: filled organs instead of
 contour shells), and each data-volume arm with ``pool_size: N`` distinct training samples. Every arm gets exactly the
 overrides of the main run's anatomy pre-training (its recorded settings, its bank file) and then the main run's
-few-shot fine-tuning and evaluation per seed. The report compares each arm with the main run's ``anatomy`` arm (the
-full method) and ``scratch`` arm, seed by seed, and draws few-shot Dice against the pool size (the main run's anatomy
-arm is the unlimited point).
+few-shot fine-tuning and evaluation per seed. The arms it is compared with, ``anatomy`` (the full method: the main
+run's anatomy encoder) and ``scratch``, are fine-tuned and evaluated here too, with the same seeds, so that every
+Dice of the comparison comes from the same machine and code (and the ablation needs only the main run's settings,
+datalist, bank and anatomy encoder, not its evaluations). The report compares each arm with ``anatomy``, seed by seed,
+and draws few-shot Dice against the pool size (``anatomy`` is the unlimited point).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ COMPONENTS = {  # what switching an arm's overlay on removes from the method
     "no_topology": "Topology-checked placement (without it: no insertion checks, later organs overwrite earlier ones)",
     "fill": "Contour-shell rendering (without it: filled organs)",
 }
-FULL, SCRATCH = "anatomy", "scratch"  # the main run's arms every ablation arm is compared with
+FULL, SCRATCH = "anatomy", "scratch"  # the reference arms every ablation arm is compared with
 REGIME = "few_shot"
 POOL_PREFIX = "pool"
 FIGURE = "data_volume_curve.png"
@@ -102,15 +104,22 @@ def check_seeds(s: plan.Settings, a: AblationSettings) -> None:
         raise fail("seeds", expected, ",".join(map(str, a.seeds)), OWNER)
 
 
+def main_encoder(main_run: Path) -> Path:
+    """The main run's anatomy encoder: the full method, fine-tuned in the ablation as its reference arm."""
+    return main_run / "pretrain" / FULL / "models" / plan.ENCODER
+
+
 def main_inputs(s: plan.Settings, main_run: Path) -> list[Path]:
-    """The files of the main run that the ablation's stages read: its datalist and, when it built one, its bank."""
+    """The files of the main run that the ablation's stages read: its datalist, its bank (when it built one) and its
+    anatomy encoder."""
     bank = plan.bank_path(s, main_run)
-    return [main_run / "datalist.json", *([bank] if bank is not None else [])]
+    return [main_run / "datalist.json", *([bank] if bank is not None else []), main_encoder(main_run)]
 
 
 def ablation_stages(s: plan.Settings, a: AblationSettings, out: Path, dataset_dir: Path) -> list[Stage]:
     """The pre-training of every arm (the main run's anatomy overrides; the arm's overlay or pool size on top), then
-    per seed and arm a few-shot fine-tuning from its encoder and the evaluation, as the main run's few-shot arms."""
+    per seed the reference arms (``scratch``; ``anatomy`` from the main run's encoder) and every arm from its own
+    encoder: a few-shot fine-tuning and its evaluation each, as the main run's few-shot arms."""
     main = Path(a.main_run)
     overrides = plan.pretrain_overrides(s, plan.bank_path(s, main))  # the main run's bank: not rebuilt here
     anatomy = plan.PRETRAIN_CONFIG_FILES[FULL]
@@ -120,10 +129,12 @@ def ablation_stages(s: plan.Settings, a: AblationSettings, out: Path, dataset_di
         plan.pretrain_stage(s, arm, out / "pretrain" / arm, files, arm_overrides)
         for arm, (files, arm_overrides) in arms.items()
     ]
+    datalist = main / "datalist.json"
     for seed in a.seeds:  # seed-major, as the main run: a run stopped part-way has paired seeds of every arm
+        for arm, encoder in ((SCRATCH, None), (FULL, main_encoder(main))):
+            stages += plan.finetune_pair(s, out, dataset_dir, datalist, REGIME, arm, seed, encoder)
         for arm in arms:
             encoder = out / "pretrain" / arm / "models" / plan.ENCODER
-            datalist = main / "datalist.json"
             stages += plan.finetune_pair(s, out, dataset_dir, datalist, REGIME, arm, seed, encoder, [f"pretrain_{arm}"])
     return stages
 
@@ -133,28 +144,24 @@ def metrics_path(run: Path, arm: str, seed: int) -> Path:
     return run / "evaluate" / f"{REGIME}_{arm}_seed{seed}" / plan.METRICS_FILE
 
 
-def arm_folders(a: AblationSettings, out: Path) -> dict[str, Path]:
-    """Arm -> the run folder holding it, in report order: the main run's scratch and anatomy, then the ablation's."""
-    main = Path(a.main_run)
-    return {SCRATCH: main, FULL: main, **{arm: out for arm in a.pretrain_arms}}
-
-
 def collect_dice(a: AblationSettings, out: Path) -> dict[str, dict[int, dict]]:
-    """``{arm: {seed: read_dice(...)}}`` of every finished few-shot evaluation of the ablation's seeds."""
+    """``{arm: {seed: read_dice(...)}}`` of every finished few-shot evaluation of the ablation's seeds, in report
+    order: the reference arms, then the ablation's."""
     results = {}
-    for arm, run in arm_folders(a, out).items():
-        runs = {seed: report.read_dice(path) for seed in a.seeds if (path := metrics_path(run, arm, seed)).is_file()}
+    for arm in (SCRATCH, FULL, *a.pretrain_arms):
+        runs = {seed: report.read_dice(path) for seed in a.seeds if (path := metrics_path(out, arm, seed)).is_file()}
         if runs:
             results[arm] = runs
     return results
 
 
 def pretrain_finals(a: AblationSettings, out: Path) -> dict[str, dict]:
-    """Arm -> the last synthetic validation round of its pre-training (``iteration``, ``mean``) and the round count."""
+    """Arm -> the last synthetic validation round of its pre-training (``iteration``, ``mean``) and the round count;
+    the full method's is the main run's anatomy pre-training."""
     finals = {}
-    for arm, run in arm_folders(a, out).items():
+    for arm, run in ((FULL, Path(a.main_run)), *((arm, out) for arm in a.pretrain_arms)):
         path = run / "pretrain" / arm / "runs" / CURVE_FILE
-        rounds = read_curve(path) if arm != SCRATCH and path.is_file() else []
+        rounds = read_curve(path) if path.is_file() else []
         if rounds:
             finals[arm] = {**rounds[-1], "rounds": len(rounds)}
     return finals
@@ -171,38 +178,29 @@ def data_volume_curve(a: AblationSettings, results: dict) -> list[dict]:
     return points
 
 
-def unfinished(a: AblationSettings, out: Path, stages: Sequence[Stage]) -> list[str]:
-    """The stages whose results the report lacks: the ablation's not done, the main run's missing evaluations."""
-    missing = [stage.name for stage in stages if not is_done(out, stage)]
-    main = Path(a.main_run)
-    for arm in (SCRATCH, FULL):
-        missing += [
-            f"main run: evaluate_{REGIME}_{arm}_seed{seed}"
-            for seed in a.seeds
-            if not metrics_path(main, arm, seed).is_file()
-        ]
-    return missing
+def unfinished(out: Path, stages: Sequence[Stage]) -> list[str]:
+    """The stages whose results the report lacks: those not done."""
+    return [stage.name for stage in stages if not is_done(out, stage)]
 
 
 def summarise(
     s: plan.Settings, a: AblationSettings, out: Path, stages: Sequence[Stage], labels: dict[str, str], commit: str
 ) -> dict:
-    """Every finished result of the ablation and of the main run's arms it is compared with, in one dictionary."""
+    """Every finished result of the ablation and of the reference arms it is compared with, in one dictionary."""
     results = collect_dice(a, out)
     classes = report.dice_classes({REGIME: results})
     comparisons = [(arm, FULL) for arm in results if arm != FULL]
-    main = Path(a.main_run)
     return {
         "preset": s.preset,
         "settings": dataclasses.asdict(s),
         "ablation": dataclasses.asdict(a),
-        "few_shot_cases": report.few_shot_cases(main, s),
+        "few_shot_cases": report.few_shot_cases(out, dataclasses.replace(s, seeds=a.seeds)),
         "class_names": labels,
         "results": {REGIME: results} if results else {},
         "statistics": {REGIME: regime_statistics(results, classes, comparisons)} if results else {},
         "data_volume": data_volume_curve(a, results),
         "pretrain_final": pretrain_finals(a, out),
-        "unfinished": unfinished(a, out, stages),
+        "unfinished": unfinished(out, stages),
         "stages": {stage.name: record for stage in stages if (record := read_record(out, stage.name)) is not None},
         "commit": commit,
         "device": report.device_description(s.device),
@@ -324,8 +322,9 @@ def ablation_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: P
         f"Written {summary['written']} by `scripts/run_transfer_experiment.py ablate` on {summary['device']}, code "
         f"commit {summary['commit']}; main run `{a['main_run']}` (preset `{summary['preset']}`), seeds "
         f"{','.join(map(str, a['seeds']))}. Arms: {arms or 'none'}; data volume: {pools or 'none'}; each pre-trained "
-        f"with the main run's anatomy recipe and budget, then fine-tuned few-shot like its arms and compared with its "
-        f"`{FULL}` (full method) and `{SCRATCH}` arms.",
+        f"with the main run's anatomy recipe and budget, then fine-tuned few-shot like its arms and compared with "
+        f"`{FULL}` (the full method: the main run's anatomy encoder) and `{SCRATCH}`, fine-tuned here with the same "
+        "seeds.",
         "",
         "### Few-shot Dice per arm (validation split, final fine-tuned weights)",
         "",

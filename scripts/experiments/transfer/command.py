@@ -188,13 +188,15 @@ def ablate(
 ) -> dict:
     """Run (or resume) the ablation into ``out`` on top of the main run ``main_run`` (``run``'s folder).
 
-    Every arm is pre-trained with the main run's recorded settings (its ``settings.json``: recipe, budget, device) on
-    its bank file (not rebuilt), with one component switched off by the anatomy bundle's overlay (``--arms``:
+    Every arm is pre-trained with the main run's recorded settings (its ``settings.json``: recipe, budget, device)
+    on its bank file (not rebuilt), with one component switched off by the anatomy bundle's overlay (``--arms``:
     no_anchors, no_topology, fill) or with ``pool_size: N`` distinct samples (``--pool_sizes``, the data-volume
     curve; the main run's anatomy arm is its unlimited point); then fine-tuned few-shot and evaluated per seed
-    (``--seeds``, default: the main run's few-shot seeds) exactly as the main run's arms. ``--preset``, when given,
-    must be the main run's. ``--only`` selects stages by name pattern(s) (``'pretrain_*,finetune_*_pool100_*'``).
-    ``--dry_run`` prints the plan with a wall-time estimate (at the pace of the main run's finished stages). Writes
+    (``--seeds``, default: the main run's few-shot seeds) exactly as the main run's arms, beside the arms they are
+    compared with (``scratch``, and ``anatomy`` from the main run's encoder), fine-tuned here with the same seeds.
+    The main run must have its settings, datalist, bank and anatomy encoder. ``--preset``, when given, must be the
+    main run's. ``--only`` selects stages by name pattern(s) (``'pretrain_*,finetune_*_pool100_*'``). ``--dry_run``
+    prints the plan with a wall-time estimate (at the pace of the main run's finished stages). Writes
     ``results.json``, ``results.md`` and the data-volume PNG in ``out``, and the ablation's section into
     ``results_doc`` when given (its records beside it, in ``records/<out folder>``).
     """
@@ -215,7 +217,7 @@ def ablate(
         return {"ablation": dataclasses.asdict(choices), "stages": [stage.name for stage in stages], "plan": lines}
     missing = [str(path) for path in ablation.main_inputs(settings, main_path) if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"the main run's {missing} not found: run its first stages first (bank, datalist)")
+        raise FileNotFoundError(f"the main run's {missing} not found: run its bank and anatomy pre-training first")
     check_device(settings.device)
     out_path.mkdir(parents=True, exist_ok=True)
     recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(settings)}
