@@ -180,8 +180,7 @@ def run_side_by_side(
 
 def stage_folder(stage: runner.Stage) -> Path:
     """Where a stage's files are: its folder when it finished, else its partial folder (killed or failed)."""
-    partial = stage.root.with_name(stage.root.name + ".partial")
-    return stage.root if stage.root.is_dir() else partial
+    return stage.root if stage.root.is_dir() else runner.partial_path(stage)
 
 
 # ---------------------------------------------------------------------- the call
@@ -475,7 +474,7 @@ class Call:
         written = transfer_pack.pack(str(self.out), str(self.dest))
         throughput = self.out / "throughput"
         for name in THROUGHPUT_FILES:
-            for folder in (throughput, throughput.with_name("throughput.partial")):
+            for folder in (throughput, throughput.with_name(throughput.name + runner.PARTIAL_SUFFIX)):
                 if (folder / name).is_file():
                     shutil.copyfile(folder / name, self.dest / name)
                     written.append(str(self.dest / name))

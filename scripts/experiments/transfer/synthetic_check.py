@@ -23,7 +23,7 @@ import _bundles
 import torch
 from monai.metrics import compute_dice
 
-from experiments.runner import RESUME_KEY, read_record, utc_now
+from experiments.runner import PARTIAL_SUFFIX, RESUME_KEY, read_record, utc_now
 from experiments.transfer.report import run_section
 from synth_transforms.export import NETWORK_FILENAME, read_network_state
 from synth_transforms.generate import class_names
@@ -43,8 +43,8 @@ def pretrain_runs(out: Path) -> dict[str, tuple[Path, list[str]]]:
     runs: dict[str, tuple[Path, list[str]]] = {}
     parent = Path(out) / "pretrain"
     for folder in sorted(parent.iterdir()) if parent.is_dir() else []:
-        name = folder.name.removesuffix(".partial")
-        if folder.name.endswith(".partial"):
+        name = folder.name.removesuffix(PARTIAL_SUFFIX)
+        if folder.name.endswith(PARTIAL_SUFFIX):
             key = folder / RESUME_KEY
             if not key.is_file() or name in runs:
                 continue
