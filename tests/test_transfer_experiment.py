@@ -1226,3 +1226,29 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
     report_run(out=str(restored), dataset_dir=str(hippocampus_dir), results_doc=str(shared))
     assert json.loads((restored / "results.json").read_text())["results"] == summary["results"]
     assert shared.read_text().startswith("# Results\n\nThe CPU run's text.\n\n<!-- section results_restored:")
+
+    # the ablation on top of this run, from the command line: an overlay arm and a pool arm pre-trained with its
+    # recipe, and the reference arms fine-tuned beside them from the same encoders as the run's own arms
+    ablation_out = tmp_path / "ablation"
+    ablate_command = [
+        sys.executable, str(SCRIPT), "ablate", "--out", str(ablation_out), "--main_run", str(out), "--arms", "fill",
+        "--pool_sizes", "4", "--seeds", "0", "--jobs", "2", "--dataset_dir", str(hippocampus_dir),
+    ]  # fmt: skip
+    ablated = subprocess.run(ablate_command, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
+    assert ablated.returncode == 0, ablated.stdout[-3000:] + ablated.stderr[-3000:]
+    written = json.loads((ablation_out / "results.json").read_text())
+    assert list(written["results"]["few_shot"]) == ["scratch", "anatomy", "fill", "pool4"] and not written["unfinished"]
+    for arm in ("scratch", "anatomy"):  # the run's own recipe, seed and encoder again: the run's Dice again
+        assert written["results"]["few_shot"][arm]["0"]["mean"] == pytest.approx(
+            summary["results"]["few_shot"][arm]["0"]["mean"], abs=1e-4
+        ), arm
+    ablation_logs = ablation_out / "logs"
+    main_encoder = out / "pretrain" / "anatomy" / "models" / "model_swinvit.pt"
+    assert f"from {main_encoder}: loaded" in (ablation_logs / "finetune_few_shot_anatomy_seed0.log").read_text()
+    assert "Pretrained weights" not in (ablation_logs / "finetune_few_shot_scratch_seed0.log").read_text()
+    for arm in ("fill", "pool4"):
+        encoder = ablation_out / "pretrain" / arm / "models" / "model_swinvit.pt"
+        assert f"from {encoder}: loaded" in (ablation_logs / f"finetune_few_shot_{arm}_seed0.log").read_text()
+    fill_command = json.loads((ablation_out / "stages" / "pretrain_fill.json").read_text())["command"]
+    assert json.loads(fill_command[fill_command.index("--config_file") + 1])[-1].endswith("configs/fill.json")
+    assert "> pool_size: 4" in (ablation_logs / "pretrain_pool4.log").read_text()
