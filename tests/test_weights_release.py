@@ -360,33 +360,45 @@ def test_release_from_an_exported_encoder_matches_the_release_from_the_network(t
         release.release(encoder=str(tmp_path / "missing.pt"), base_url="u", message="m", bundle=str(bundle))
 
 
-def test_released_encoder_matches_its_hash_and_loads_into_swin_unetr_feature_size_12(tmp_path):
-    """The committed release: ``large_files.yml`` lists the encoder with its sha256 and no URL (not published yet);
-    it loads into ``SwinUNETR(feature_size=12).swinViT`` with every key matched, and ``download_large_files``
-    accepts the file as it is, downloads nothing, and refuses a changed byte."""
-    (entry,) = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
-    assert entry == {
-        "name": "model_swinvit_fs12.pt", "path": "models/model_swinvit_fs12.pt", "url": "",
-        "hash_val": sha256(BUNDLE / "models" / "model_swinvit_fs12.pt"), "hash_type": "sha256",
-    }  # fmt: skip
-    encoder = read_encoder_state(BUNDLE / "models" / "model_swinvit_fs12.pt")  # names as in the network: swinViT.*
-    assert all(name.startswith("swinViT.") for name in encoder)
-    network = SwinUNETR(in_channels=1, out_channels=22, feature_size=12)
-    own_names = {name.removeprefix("swinViT."): tensor for name, tensor in encoder.items()}
-    network.swinViT.load_state_dict(own_names, strict=True)  # raises on any missing, unexpected or reshaped key
-    assert all(torch.isfinite(tensor).all() for tensor in encoder.values())
+def test_released_encoders_match_their_hash_and_load_into_swin_unetr_feature_size_12(tmp_path):
+    """The committed releases, the anatomy encoder (version 0.2.0) and the primitive-shape baseline's (0.3.0):
+    ``large_files.yml`` lists each with its sha256 and no URL (not published yet); each loads into
+    ``SwinUNETR(feature_size=12).swinViT`` with every key matched, and ``download_large_files`` accepts the files as
+    they are, downloads nothing, and refuses a changed byte."""
+    names = ["model_swinvit_fs12.pt", "model_swinvit_fs12_primitives.pt"]
+    entries = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    assert entries == [
+        {"name": name, "path": f"models/{name}", "url": "", "hash_val": sha256(BUNDLE / "models" / name),
+         "hash_type": "sha256"}
+        for name in names
+    ]  # fmt: skip
+    encoders = {}
+    for name in names:
+        encoder = read_encoder_state(BUNDLE / "models" / name)  # names as in the network: swinViT.*
+        assert all(key.startswith("swinViT.") for key in encoder), name
+        network = SwinUNETR(in_channels=1, out_channels=22, feature_size=12)
+        own_names = {key.removeprefix("swinViT."): tensor for key, tensor in encoder.items()}
+        network.swinViT.load_state_dict(own_names, strict=True)  # raises on any missing, unexpected or reshaped key
+        assert all(torch.isfinite(tensor).all() for tensor in encoder.values()), name
+        encoders[name] = encoder
+    anatomy, primitives = encoders.values()
+    assert not all(torch.equal(anatomy[key], primitives[key]) for key in anatomy), "two trainings, two encoders"
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
-    assert "feature_size 12 Swin encoder" in metadata["changelog"][metadata["version"]]
+    assert "feature_size 12 Swin encoder" in metadata["changelog"]["0.2.0"]
+    assert "model_swinvit_fs12_primitives.pt" in metadata["changelog"]["0.3.0"]
 
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle)
-    monai_download_large_files(bundle_path=str(bundle))  # checks the committed file, fetches nothing
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model_swinvit_fs12.pt"]
-    data = bytearray((bundle / "models" / "model_swinvit_fs12.pt").read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one changed byte
-    (bundle / "models" / "model_swinvit_fs12.pt").write_bytes(bytes(data))
-    with pytest.raises(HashCheckError):
-        monai_download_large_files(bundle_path=str(bundle))
+    monai_download_large_files(bundle_path=str(bundle))  # checks the committed files, fetches nothing
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == names
+    for name in names:
+        data = bytearray((bundle / "models" / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one changed byte
+        (bundle / "models" / name).write_bytes(bytes(data))
+        with pytest.raises(HashCheckError):
+            monai_download_large_files(bundle_path=str(bundle))
+        data[len(data) // 2] ^= 0xFF  # restored: the other file is checked next
+        (bundle / "models" / name).write_bytes(bytes(data))
 
 
 def test_release_into_the_bundle_commits_the_files_with_their_hash_and_no_url(tmp_path):
