@@ -1,13 +1,14 @@
 """The transfer experiment (``scripts/run_transfer_experiment.py`` on ``scripts/experiments``): its presets and stage
 plan, the dry run's time estimate, a run's status, the generic resumable stage runner, result tables and statistics
-(paired differences with bootstrap intervals, learning curves and their PNG), pack/unpack, the ablation on top of a
-main run (plan, refusals, report), the command line's ``--only`` and ``--help``, and the ``--quick`` CPU run of the
-whole path through the real bundles on MSD Hippocampus (pre-train anatomy and primitives, fine-tune from each encoder
-and from scratch, evaluate, then segment with the inference config)."""
+(paired differences with bootstrap intervals, learning curves and their PNG), pack/unpack, restore from published
+records, the ablation on top of a main run (plan, refusals, report), the command line's ``--only`` and ``--help``, and
+the ``--quick`` CPU run of the whole path through the real bundles on MSD Hippocampus (pre-train anatomy and primitives,
+fine-tune from each encoder and from scratch, evaluate, then segment with the inference config)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -37,6 +38,7 @@ from experiments.transfer import (
     plan,
     progress,
     report,
+    restore,
     stats,
 )
 from experiments.transfer.command import check_pretrain
@@ -236,7 +238,7 @@ def test_schedule_runs_stages_as_the_runner_does():
 
 
 def write_record(run: Path, name: str, ok: bool, started: str, finished: str, wall_s: float = 60.0) -> None:
-    record = {"stage": name, "ok": ok, "wall_s": wall_s, "started": started, "finished": finished}
+    record = {"stage": name, "ok": ok, "wall_s": wall_s, "started": started, "finished": finished, "command": [name]}
     runner.record_path(run, name).parent.mkdir(parents=True, exist_ok=True)
     runner.record_path(run, name).write_text(json.dumps(record))
 
@@ -281,7 +283,7 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     assert printed[-1].startswith("time left: about ") and len(printed) == len(stages) + 2
 
     by_name = {stage.name: stage for stage in stages}
-    now = {name: progress.stage_progress(run, stage) for name, stage in by_name.items()}
+    now = {name: progress.stage_progress(run, stage, stages) for name, stage in by_name.items()}
     half = estimate.estimate_seconds(by_name["pretrain_anatomy"], cpu, 1, **sizes) / 2
     only_anatomy = [by_name["pretrain_anatomy"]]  # what the started anatomy pre-training has left: half its estimate
     assert progress.time_left(only_anatomy, now, cpu, 2, 2, sizes) == pytest.approx(half)
@@ -300,7 +302,7 @@ def test_status_reads_each_stage_state_and_the_time_left(tmp_path, hippocampus_d
     clock.write_text('{"seconds": 1100.0, "segments": 1}')
     os.utime(curve, (1_000_000, 1_000_000))
     os.utime(clock, (1_000_100, 1_000_100))  # recorded 100 s after the round: 1000 s at the round (halfway)
-    timed = progress.stage_progress(run, by_name["pretrain_anatomy"])
+    timed = progress.stage_progress(run, by_name["pretrain_anatomy"], stages)
     assert timed.validated_s == pytest.approx(1000.0) and timed.own_seconds_left == pytest.approx(1000.0)
     assert progress.time_left(only_anatomy, {timed.name: timed}, cpu, 2, 2, sizes) == pytest.approx(1000.0)
     command.status(out=str(run), dataset_dir=str(hippocampus_dir), only="pretrain_anatomy")
@@ -790,6 +792,121 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
         assert f"](records/{tmp_path.name}/learning_curve.png)" in page  # the copy published beside the page
         assert (doc.parent / "records" / tmp_path.name / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert "](learning_curve.png)" in (tmp_path / "results.md").read_text()
+
+
+def test_a_stage_whose_files_are_gone_runs_again_only_for_a_dependant_not_done(tmp_path, capsys):
+    """A fine-tuning whose weights were dropped (a run restored from its records) is not redone while its evaluation
+    is done; a new stage that needs it makes it run again, and then everything after it."""
+    write = "import pathlib, sys\npathlib.Path(sys.argv[1], 'out.txt').write_text('x')"
+    tune = python_stage("tune", tmp_path / "w" / "tune", write, outputs=["out.txt"])
+    score = python_stage("score", tmp_path / "w" / "score", write, outputs=["out.txt"], needs=["tune"])
+    runner.StageRunner(tmp_path).run([tune, score], [tune, score])
+    shutil.rmtree(tune.root)
+    records = {name: runner.read_record(tmp_path, name) for name in ("tune", "score")}
+    assert not runner.is_done(tmp_path, tune) and runner.is_settled(tmp_path, tune, [tune, score])
+    assert not runner.is_settled(tmp_path, tune, [tune]), "a stage no other needs is never intermediate"
+    capsys.readouterr()
+    runner.StageRunner(tmp_path).run([tune, score], [tune, score])
+    assert "skip  tune (done, its files dropped after its dependants ran" in capsys.readouterr().out
+    assert not tune.root.exists() and records == {n: runner.read_record(tmp_path, n) for n in records}
+
+    later = python_stage("later", tmp_path / "w" / "later", write, outputs=["out.txt"], needs=["tune"])
+    assert not runner.is_settled(tmp_path, tune, [tune, score, later])
+    runner.StageRunner(tmp_path).run([tune, score, later], [tune, score, later])
+    assert all(runner.is_done(tmp_path, stage) for stage in (tune, score, later))
+    assert runner.read_record(tmp_path, "score")["started"] >= runner.read_record(tmp_path, "tune")["finished"]
+
+    (tmp_path / "stages" / "score.json").write_text(json.dumps({**records["score"], "ok": False}))
+    shutil.rmtree(tune.root)
+    assert not runner.is_settled(tmp_path, tune, [tune, score]), "its dependant failed: it is needed again"
+
+
+def test_restore_puts_a_run_back_from_its_published_records(tmp_path, hippocampus_dir, shared_data_dir, capsys):
+    settings = plan.make_settings("cpu", {"seeds": "0", "pretrain_spacing": 6.0})
+    lost = fake_main_run(tmp_path / "lost" / "run", settings)
+    stages = plan.plan_stages(settings, lost, hippocampus_dir, lost / "datalist.json")
+    write_record(lost, "bank", True, "2026-12-01T10:00:00Z", "2026-12-01T10:01:00Z")
+    for name in ("pretrain_anatomy", "pretrain_primitives"):
+        write_record(lost, name, True, "2026-12-01T10:02:00Z", "2026-12-01T12:00:00Z")
+    # the few-shot scratch pair finished; its fine-tuned weights are not published
+    write_record(lost, "finetune_few_shot_scratch_seed0", True, "2026-12-01T12:00:00Z", "2026-12-01T12:30:00Z")
+    write_record(lost, "evaluate_few_shot_scratch_seed0", True, "2026-12-01T12:30:00Z", "2026-12-01T12:35:00Z")
+    write_dice(lost, "scratch", 0, 0.8, 0.7)
+    weights = lost / "finetune" / "few_shot_scratch_seed0" / plan.FINETUNED_WEIGHTS
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    doc = tmp_path / "docs" / "results.md"
+    records = report.publish_records(lost, doc)
+    assert records == tmp_path / "docs" / "records" / "run" and not (records / plan.FINETUNED_WEIGHTS).exists()
+    released = {arm: tmp_path / f"released_{arm}.pt" for arm in ("anatomy", "primitives")}
+    for arm, path in released.items():
+        path.write_bytes(arm.encode())
+    subjects = shared_data_dir / "shape_bank_subjects"  # the five subjects; at 6 mm the build takes seconds
+    out = tmp_path / "new" / "run"
+    arguments = {"dataset_dir": str(hippocampus_dir), "bank_subjects": str(subjects)}
+
+    # refusals name what is wrong and write nothing
+    with pytest.raises(SystemExit):  # the command line: one line naming the file, no traceback
+        command.main(["restore", "--records", str(tmp_path / "docs"), "--out", str(out)])
+    assert "docs/settings.json not found: --records must be a run's published" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"no successful pretrain_fill stage .*pretrain_fill.json"):
+        restore.restore(str(records), str(out), f"fill={released['anatomy']}", **arguments)
+    with pytest.raises(ValueError, match=r"expected arm=path items"):
+        restore.restore(str(records), str(out), str(released["anatomy"]), **arguments)
+    assert not out.exists()
+
+    encoders = ",".join(f"{arm}={path}" for arm, path in released.items())
+    result = restore.restore(str(records), str(out), encoders, **arguments)
+    for arm, path in released.items():
+        assert (out / "pretrain" / arm / "models" / plan.ENCODER).read_bytes() == path.read_bytes()
+        assert result["encoders"][arm]["sha256"] == hashlib.sha256(arm.encode()).hexdigest()
+    bank = plan.bank_path(settings, out)
+    assert bank.is_file() and result["bank"]["sha256"] == hashlib.sha256(bank.read_bytes()).hexdigest()
+    assert (out / "evaluate" / "few_shot_scratch_seed0" / plan.METRICS_FILE).is_file()
+    by_name = {stage.name: stage for stage in plan.plan_stages(settings, out, hippocampus_dir, out / "datalist.json")}
+    assert not by_name["finetune_few_shot_scratch_seed0"].root.exists()
+    expected = ["bank", "pretrain_anatomy", "pretrain_primitives", "finetune_few_shot_scratch_seed0",
+                "evaluate_few_shot_scratch_seed0"]  # fmt: skip
+    assert result["settled"] == expected and len(result["left"]) == len(stages) - len(expected)
+    assert f"stages settled: {len(expected)}" in capsys.readouterr().out
+    status = command.status(out=str(out), dataset_dir=str(hippocampus_dir), only="*_few_shot_scratch_seed0")
+    assert [p["state"] for p in status["stages"]] == ["done", "done"]
+    runner.StageRunner(out).run(list(by_name.values()), [by_name[name] for name in expected])  # starts nothing
+    assert not by_name["finetune_few_shot_scratch_seed0"].root.exists()
+
+    # published again, the restore log goes with the records; restoring twice is harmless and logged
+    report.publish_records(out, doc)
+    assert json.loads((records / restore.RESTORED).read_text())[0]["encoders"] == result["encoders"]
+    again = restore.restore(str(records), str(out), **arguments)
+    assert again["settled"] == expected and len(json.loads((out / restore.RESTORED).read_text())) == 2
+    (out / "settings.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"other versions of .*settings.json"):
+        restore.restore(str(records), str(out), **arguments)
+
+
+def test_ablation_publishes_its_encoders_so_that_a_restore_can_fine_tune_from_them(tmp_path, hippocampus_dir):
+    cpu = plan.make_settings("cpu", {"seeds": "0"})
+    main, out = fake_main_run(tmp_path / "main", cpu), tmp_path / "ablation"
+    add_main_encoder(main)
+    choices = ablation.AblationSettings(str(main), "fill", (), "0")
+    out.mkdir()
+    recorded = {"ablation": dataclasses.asdict(choices), "main_settings": dataclasses.asdict(cpu)}
+    (out / "settings.json").write_text(json.dumps(recorded))
+    write_record(out, "pretrain_fill", True, "2026-12-01T10:00:00Z", "2026-12-01T12:00:00Z")
+    encoder = out / "pretrain" / "fill" / "models" / plan.ENCODER
+    encoder.parent.mkdir(parents=True)
+    encoder.write_bytes(b"fill encoder")
+    stages = ablation.ablation_stages(cpu, choices, out, hippocampus_dir)
+    doc = tmp_path / "docs" / "results.md"
+    ablation.write_results(ablation.summarise(cpu, choices, out, stages, {}, "abc"), out, str(doc))
+    records = doc.parent / "records" / "ablation"
+    assert (records / "pretrain" / "fill" / "models" / plan.ENCODER).read_bytes() == b"fill encoder"
+    assert not (records / "pretrain" / "anatomy").exists(), "the main run's encoder is not the ablation's record"
+
+    restored = tmp_path / "restored" / "ablation"
+    result = restore.restore(str(records), str(restored), dataset_dir=str(hippocampus_dir))
+    assert (restored / "pretrain" / "fill" / "models" / plan.ENCODER).read_bytes() == b"fill encoder"
+    assert result["bank"] is None and result["settled"] == ["pretrain_fill"]
 
 
 def test_pack_keeps_the_built_bank_and_the_curves(tmp_path):

@@ -8,6 +8,9 @@ the stage's folder (``stage_time.json``, updated every minute while it runs).
 The runner's ``facts`` (e.g. the code's commit) are added to every record it writes. A stage is done when its
 record says it succeeded, its files exist and no prerequisite finished after it started;
 ``StageRunner.run`` skips done stages, so running the same plan again resumes after the last stage that finished.
+A stage whose files are gone but whose record says it succeeded is an intermediate one (make's sense): it is run
+again only for a stage that needs it and is not done, so a run folder restored from its published records (which keep
+no network weights: ``experiments/transfer/restore.py``) does not redo the fine-tunings of its finished evaluations.
 A ``resumable`` stage (a training that continues from its own checkpoints) keeps the ``.partial`` folder of a killed
 run when it is started again with the same command and the same prerequisites, so it continues instead of
 restarting; any other change starts it afresh.
@@ -82,15 +85,27 @@ def read_record(out: Path, name: str) -> dict | None:
     return read_json(path, f"record of stage {name}") if path.is_file() else None
 
 
-def is_done(out: Path, stage: Stage) -> bool:
-    """Done: its record says it succeeded, the files it must leave exist, and no prerequisite was re-run after it."""
+def succeeded(out: Path, stage: Stage) -> bool:
+    """Its record says it succeeded and no prerequisite was re-run after it (its files are not looked at)."""
     record = read_record(out, stage.name)
     if record is None or not record.get("ok"):
         return False
-    if not all((stage.root / name).is_file() for name in stage.outputs):
-        return False
     needs = [read_record(out, need) for need in stage.needs]
     return all(need is not None and need["finished"] <= record["started"] for need in needs)
+
+
+def is_done(out: Path, stage: Stage) -> bool:
+    """Done: its record says it succeeded, the files it must leave exist, and no prerequisite was re-run after it."""
+    return succeeded(out, stage) and all((stage.root / name).is_file() for name in stage.outputs)
+
+
+def is_settled(out: Path, stage: Stage, stages: Sequence[Stage]) -> bool:
+    """Nothing left to run for it: done, or an intermediate stage of the plan ``stages`` (it succeeded, its files are
+    gone, and every stage that needs it is done, e.g. a fine-tuning whose weights were dropped after its evaluation)."""
+    if is_done(out, stage):
+        return True
+    dependants = [other for other in stages if stage.name in other.needs]
+    return bool(dependants) and succeeded(out, stage) and all(is_done(out, other) for other in dependants)
 
 
 def partial_path(stage: Stage) -> Path:
@@ -231,14 +246,15 @@ class StageRunner:
         print(f"[{utc_now()}] done  {stage.name} in {wall:.1f} s{resumed}", flush=True)
 
     def run(self, stages: Sequence[Stage], selected: Sequence[Stage]) -> None:
-        """Run ``selected`` in order, skipping those already done unless a prerequisite runs again before them;
-        prerequisites outside the selection must be done."""
+        """Run ``selected`` in order, skipping those settled (done, or intermediate: see :func:`is_settled`) unless
+        a prerequisite runs again before them; prerequisites outside the selection must be done."""
         by_name = {stage.name: stage for stage in stages}
         todo: list[Stage] = []
         pending: set[str] = set()  # names of the stages to run that have not finished yet
         for stage in selected:
-            if is_done(self.out, stage) and not pending.intersection(stage.needs):
-                print(f"[{utc_now()}] skip  {stage.name} (done: {record_path(self.out, stage.name)})", flush=True)
+            if is_settled(self.out, stage, stages) and not pending.intersection(stage.needs):
+                how = "done" if is_done(self.out, stage) else "done, its files dropped after its dependants ran"
+                print(f"[{utc_now()}] skip  {stage.name} ({how}: {record_path(self.out, stage.name)})", flush=True)
                 continue
             todo.append(stage)
             pending.add(stage.name)

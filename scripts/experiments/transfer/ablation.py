@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.runner import Stage, is_done, read_record, utc_now
+from experiments.runner import Stage, is_settled, read_record, utc_now
 from experiments.transfer import plan, report
 from experiments.transfer.curves import CURVE_FILE, read_curve, write_curve_png
 from experiments.transfer.stats import regime_statistics
@@ -38,6 +38,8 @@ FULL, SCRATCH = "anatomy", "scratch"  # the reference arms every ablation arm is
 REGIME = "few_shot"
 POOL_PREFIX = "pool"
 FIGURE = "data_volume_curve.png"
+PUBLISHED_ENCODERS = (f"pretrain/*/models/{plan.ENCODER}",)  # published with the records: no bundle releases the
+# ablation arms' encoders, and a restored ablation fine-tunes its remaining seeds from them
 SECTION = "ablation"  # the name of the section the ablation writes into a results page (see report.write_section)
 OWNER = "ablation settings"
 
@@ -179,8 +181,8 @@ def data_volume_curve(a: AblationSettings, results: dict) -> list[dict]:
 
 
 def unfinished(out: Path, stages: Sequence[Stage]) -> list[str]:
-    """The stages whose results the report lacks: those not done."""
-    return [stage.name for stage in stages if not is_done(out, stage)]
+    """The stages whose results the report lacks: those not settled (done, or intermediate: see ``is_settled``)."""
+    return [stage.name for stage in stages if not is_settled(out, stage, stages)]
 
 
 def summarise(
@@ -377,5 +379,6 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
         Path(tmp).write_text(ablation_markdown(summary, out.resolve(), out.resolve()) + "\n")
     if results_doc:
         target = Path(results_doc)
-        section = ablation_markdown(summary, target.resolve().parent, report.publish_records(out, target))
+        records = report.publish_records(out, target, PUBLISHED_ENCODERS)
+        section = ablation_markdown(summary, target.resolve().parent, records)
         report.write_section(target, SECTION, section)

@@ -1,6 +1,7 @@
 """The transfer experiment's command line: ``run`` (plan, run or resume the stages, write the results), ``ablate``
 (the ablation arms and the data-volume curve on top of a main run), the read-only ``status``, ``report``,
-``check_pretrain`` and ``encoder_drift``, ``pack`` and ``unpack``.
+``check_pretrain`` and ``encoder_drift``, ``pack`` and ``unpack``, and ``restore`` (a run folder from its published
+records).
 ``scripts/run_transfer_experiment.py`` calls :func:`main`."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from experiments.transfer.pack import pack, unpack
 from experiments.transfer.plan import (
     BANK_CLASS_MAP,
     BANK_SUBJECTS,
+    DEFAULT_DATASET,
     Settings,
     case_counts,
     make_settings,
@@ -31,10 +33,9 @@ from experiments.transfer.plan import (
     write_datalist,
 )
 from experiments.transfer.report import results_table, summarise, write_results, write_section
+from experiments.transfer.restore import restore
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
-
-DEFAULT_DATASET = _bundles.REPO.parent / "shared" / "data" / "msd_hippocampus"
 
 
 def check_device(device: str) -> None:
@@ -315,6 +316,7 @@ COMMANDS = {
     "report": report,
     "pack": pack,
     "unpack": unpack,
+    "restore": restore,
 }
 HELP_FLAGS = ("--help", "-h")
 

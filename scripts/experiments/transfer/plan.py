@@ -25,6 +25,7 @@ METRICS_FILE = "metrics/val_mean_dice_raw.csv"  # in an evaluation's folder: Dic
 FINETUNED_WEIGHTS = "models/model_final.pt"  # in a fine-tuning's folder: its final network, the one evaluated
 QUICK_VAL_CASES = 2  # validation cases of --quick (the experiment's own; the rest comes from cpu_smoke.json)
 BANK_SUBJECTS = _bundles.REPO.parent / "shared" / "data" / "shape_bank_subjects"  # the five label maps of the method
+DEFAULT_DATASET = _bundles.REPO.parent / "shared" / "data" / "msd_hippocampus"  # the fine-tuning task
 BANK_LABEL_MAPS = "*/label_total117.nii.gz"
 BANK_CLASS_MAP = "class_map_totalseg_v2_total.json"
 PRESETS = ("gpu", "cpu", "quick")

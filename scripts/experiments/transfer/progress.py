@@ -11,7 +11,15 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from experiments.runner import TIME_FILE, Stage, earlier_time, is_done, partial_path, read_record, select_stages
+from experiments.runner import (
+    TIME_FILE,
+    Stage,
+    earlier_time,
+    is_settled,
+    partial_path,
+    read_record,
+    select_stages,
+)
 from experiments.transfer import ablation
 from experiments.transfer.curves import CURVE_FILE, read_curve
 from experiments.transfer.estimate import (
@@ -96,10 +104,11 @@ def validated_seconds(partial: Path, spent: float | None) -> float | None:
     return at_round if at_round > 0 else None
 
 
-def stage_progress(out: Path, stage: Stage) -> StageProgress:
-    """The state of one stage, from its record and its (partial) folder."""
+def stage_progress(out: Path, stage: Stage, stages: Sequence[Stage]) -> StageProgress:
+    """The state of one stage of the plan ``stages``, from its record and its (partial) folder (``done`` counts an
+    intermediate stage whose files were dropped after its dependants ran, as the runner does)."""
     record = read_record(out, stage.name)
-    if is_done(out, stage):
+    if is_settled(out, stage, stages):
         return StageProgress(stage.name, "done", stage.iterations, stage.iterations, None, record["wall_s"],
                              record["finished"])  # fmt: skip
     if record is not None and not record.get("ok"):
@@ -172,9 +181,9 @@ def status_lines(
 ) -> tuple[list[str], dict]:
     """The printout of ``status`` and its data: one line per stage (those matching ``only``, as ``run --only``
     selects them), the counts and the time left to finish them."""
-    settings, choices, stages = run_plan(out, dataset_dir)
-    stages = select_stages(stages, only)
-    progress = {stage.name: stage_progress(out, stage) for stage in stages}
+    settings, choices, plan = run_plan(out, dataset_dir)
+    stages = select_stages(plan, only)
+    progress = {stage.name: stage_progress(out, stage, plan) for stage in stages}
     counts = {state: sum(p.state == state for p in progress.values()) for state in ("done", "started", "failed")}
     counts["waiting"] = len(stages) - sum(counts.values())
     summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)

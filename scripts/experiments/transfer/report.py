@@ -32,8 +32,8 @@ REPORT_INPUTS = (  # what the report reads from the stages' folders: published t
     f"pretrain/*/runs/{CURVE_FILE}",
 )
 PUBLISHED = (
-    "results.json", "settings.json", "pretrain_check.json", "encoder_drift.json", "*.png", "stages/*.json",
-    *REPORT_INPUTS,
+    "results.json", "settings.json", "pretrain_check.json", "encoder_drift.json", "restored.json", "*.png",
+    "stages/*.json", *REPORT_INPUTS,
 )  # fmt: skip
 SECTIONS = re.compile(r"<!-- section (\w+): .*?<!-- end of section \1 -->\n?", re.DOTALL)
 NOT_CLASSES = ("filename", "mean", "cases")  # columns of a metric file, keys of read_dice: not classes
@@ -379,14 +379,15 @@ def write_results(summary: dict, out: Path, results_doc: str | None = None) -> N
         write_section(Path(results_doc), run_section("results", out), f"{title} ({out.resolve().name})\n{rest}")
 
 
-def publish_records(out: Path, results_doc: Path) -> Path:
+def publish_records(out: Path, results_doc: Path, extra: Sequence[str] = ()) -> Path:
     """Copy the run's small records (``PUBLISHED``: results, settings, stage records, the synthetic check, the
     encoder drift, the PNGs, and the files of finished stages that the report reads: per-case Dice, learning curves,
-    training cases) to ``records/<run folder>/`` beside the page ``results_doc``, to be committed with it, so that
-    the page links nothing outside the repository and ``report`` rebuilds the results from that folder alone;
-    returns that folder. Each file is written atomically."""
+    training cases; ``extra``: more patterns) to ``records/<run folder>/`` beside the page ``results_doc``, to be
+    committed with it, so that the page links nothing outside the repository, ``report`` rebuilds the results from
+    that folder alone and ``restore`` puts the run back from it; returns that folder. Each file is written
+    atomically."""
     dest = (results_doc.resolve().parent / "records" / out.resolve().name).resolve()
-    for pattern in PUBLISHED:
+    for pattern in (*PUBLISHED, *extra):
         for source in sorted(out.glob(pattern)):
             if in_partial_folder(source.relative_to(out)):
                 continue  # a stage still running (or killed): nothing of it is a record yet
