@@ -835,6 +835,9 @@ def test_restore_puts_a_run_back_from_its_published_records(tmp_path, hippocampu
     weights = lost / "finetune" / "few_shot_scratch_seed0" / plan.FINETUNED_WEIGHTS
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"weights")
+    arms = ("scratch", "anatomy")  # the drift of the finished pair, and of one that did not finish
+    drift = [{"regime": "few_shot", "arm": arm, "seed": 0, "change": {"encoder": 0.1}} for arm in arms]
+    (lost / encoder_drift.DRIFT_FILE).write_text(json.dumps({"written": "then", "runs": drift}))
     doc = tmp_path / "docs" / "results.md"
     records = report.publish_records(lost, doc)
     assert records == tmp_path / "docs" / "records" / "run" and not (records / plan.FINETUNED_WEIGHTS).exists()
@@ -873,6 +876,9 @@ def test_restore_puts_a_run_back_from_its_published_records(tmp_path, hippocampu
     assert [p["state"] for p in status["stages"]] == ["done", "done"]
     runner.StageRunner(out).run(list(by_name.values()), [by_name[name] for name in expected])  # starts nothing
     assert not by_name["finetune_few_shot_scratch_seed0"].root.exists()
+    # the drift of a fine-tuning whose weights are gone is kept from the records; an unfinished one's is not
+    kept = encoder_drift.measure_run(out, list(by_name.values()), list(settings.regimes))["runs"]
+    assert kept == drift[:1]
 
     # published again, the restore log goes with the records; restoring twice is harmless and logged
     report.publish_records(out, doc)

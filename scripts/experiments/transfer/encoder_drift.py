@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from experiments.runner import Stage, is_done, read_record, utc_now
+from experiments.runner import Stage, is_done, is_settled, read_record, utc_now
 from experiments.transfer.plan import FINETUNED_WEIGHTS
 from experiments.transfer.report import run_section
 from experiments.transfer.synthetic_check import bundle_parser
 from synth_transforms.export import read_network_state
+from synth_transforms.io import read_json
 
 DRIFT_FILE = "encoder_drift.json"  # in the run folder
 SECTION = "encoder_drift"  # its section in a results page: encoder_drift_<run folder name>
@@ -71,15 +72,24 @@ def finetune_name(stage: str, regimes: Sequence[str]) -> tuple[str, str, int]:
 
 
 def measure_run(out: Path, stages: Sequence[Stage], regimes: Sequence[str]) -> dict:
-    """The drift of every finished fine-tuning of the run ``out``: ``{"runs": [{regime, arm, seed, change}]}``."""
+    """The drift of every finished fine-tuning of the run ``out``: ``{"runs": [{regime, arm, seed, change}]}``.
+
+    A fine-tuning whose weights are gone but whose evaluation is done (a run restored from its records) keeps the
+    measurement the run's ``encoder_drift.json`` already holds for it."""
+    path = out / DRIFT_FILE
+    earlier = read_json(path, "encoder drift")["runs"] if path.is_file() else []
+    kept = {(run["regime"], run["arm"], run["seed"]): run for run in earlier}
     runs = []
     for stage in stages:
-        if not stage.name.startswith("finetune_") or not is_done(out, stage):
+        if not stage.name.startswith("finetune_"):
             continue
         regime, arm, seed = finetune_name(stage.name, regimes)
-        start = starting_encoder(read_record(out, stage.name)["command"])
-        final = encoder_tensors(read_network_state(stage.root / FINETUNED_WEIGHTS))
-        runs.append({"regime": regime, "arm": arm, "seed": seed, "change": relative_change(start, final)})
+        if is_done(out, stage):
+            start = starting_encoder(read_record(out, stage.name)["command"])
+            final = encoder_tensors(read_network_state(stage.root / FINETUNED_WEIGHTS))
+            runs.append({"regime": regime, "arm": arm, "seed": seed, "change": relative_change(start, final)})
+        elif is_settled(out, stage, stages) and (regime, arm, seed) in kept:
+            runs.append(kept[(regime, arm, seed)])
     if not runs:
         raise FileNotFoundError(f"{out}: no finished fine-tuning yet (run its finetune stages first)")
     return {"written": utc_now(), "runs": runs}
