@@ -28,9 +28,7 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +43,7 @@ from synth_transforms.export import (
     save_atomic,
 )
 from synth_transforms.fire_runner import run_fire
-from synth_transforms.io import atomic_path, write_json_atomic
+from synth_transforms.io import atomic_path, file_sha256, write_json_atomic
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "anatomy_pretrain"
 VERSION_PARTS = ("major", "minor", "patch")
@@ -54,15 +52,6 @@ LARGE_FILES_HEADER = (
     "#   python -m monai.bundle download_large_files --bundle_path <this bundle>\n"
     "# Written by scripts/release_weights.py; do not edit the hashes by hand.\n"
 )
-
-
-def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -93,7 +82,7 @@ def large_file_entry(path: Path, base_url: str | None) -> dict:
         "name": path.name,
         "path": f"models/{path.name}",
         "url": f"{base_url.rstrip('/')}/{path.name}" if base_url else "",
-        "hash_val": sha256_of(path),
+        "hash_val": file_sha256(path),
         "hash_type": "sha256",
     }
 
@@ -133,7 +122,7 @@ def write_checksums(release_dir: Path, files: list[Path]) -> Path:
     """Write ``SHA256SUMS`` (``<hash>  <name>`` lines, as ``sha256sum -c`` reads them)."""
     path = release_dir / "SHA256SUMS"
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{sha256_of(f)}  {f.name}\n" for f in files))
+        tmp.write_text("".join(f"{file_sha256(f)}  {f.name}\n" for f in files))
     return path
 
 

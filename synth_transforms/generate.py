@@ -8,7 +8,6 @@ file is written under a temporary name and renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from ._args import as_size3, check_bool, check_choice, check_output_dir, check_o
 from ._version import __version__
 from .bank import DEFAULT_BANK_PATH, ShapeBank, load_bank
 from .dataset import SyntheticDataset
-from .io import atomic_path, write_json_atomic
+from .io import atomic_path, file_sha256, write_json_atomic
 from .primitives import PRIMITIVE_CLASSES
 from .render import RENDER_MODES
 from .transforms import RandAnatomySynthd, RandPrimitiveSynthd
@@ -127,10 +126,6 @@ def write_preview(
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _generate_args(n: int, seed: int, mode: str, size: Sequence[int], primitives: bool, bank) -> dict:
     """The settings that decide a generated folder's content (compared on resume); arguments already checked."""
     bank_id = None
@@ -138,7 +133,7 @@ def _generate_args(n: int, seed: int, mode: str, size: Sequence[int], primitives
         path = DEFAULT_BANK_PATH if bank is None else Path(str(bank))
         if not path.is_file():
             raise FileNotFoundError(f"shape bank {path}: file not found")
-        bank_id = {"path": "default" if bank is None else str(path.resolve()), "sha256": _file_sha256(path)}
+        bank_id = {"path": "default" if bank is None else str(path.resolve()), "sha256": file_sha256(path)}
     return {
         "n": n,
         "seed": seed,

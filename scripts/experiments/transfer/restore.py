@@ -12,7 +12,6 @@ weights are gone counts as done while its evaluation is (``runner.is_settled``).
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,17 +20,9 @@ from experiments.runner import is_settled, read_record, utc_now
 from experiments.transfer import progress
 from experiments.transfer.plan import BANK_SUBJECTS, DEFAULT_DATASET, ENCODER, Settings, bank_path, bank_stages
 from synth_transforms.cli_args import comma_items
-from synth_transforms.io import atomic_path, read_json, write_json_atomic
+from synth_transforms.io import atomic_path, file_sha256, read_json, write_json_atomic
 
 RESTORED = "restored.json"  # in a restored run folder: its sources (published with its records)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_encoders(encoders: str | dict | None) -> dict[str, Path]:
@@ -83,7 +74,7 @@ def place_encoders(out: Path, encoders: dict[str, Path]) -> dict[str, dict]:
         target = out / "pretrain" / arm / "models" / ENCODER
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
-        placed[arm] = {"source": str(source), "sha256": sha256(target)}
+        placed[arm] = {"source": str(source), "sha256": file_sha256(target)}
     return placed
 
 
@@ -100,7 +91,7 @@ def rebuild_bank(out: Path, recorded: dict, bank_subjects: Path) -> dict | None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"rebuilding the bank failed (exit {done.returncode}): {' '.join(command)}\n{done.stderr}")
-    return {"command": command, "sha256": sha256(bank)}
+    return {"command": command, "sha256": file_sha256(bank)}
 
 
 def restore(
