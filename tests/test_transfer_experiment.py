@@ -856,6 +856,8 @@ def test_restore_puts_a_run_back_from_its_published_records(tmp_path, hippocampu
         restore.restore(str(records), str(out), f"fill={released['anatomy']}", **arguments)
     with pytest.raises(ValueError, match=r"expected arm=path items"):
         restore.restore(str(records), str(out), str(released["anatomy"]), **arguments)
+    with pytest.raises(FileNotFoundError, match=r"dataset.json"):  # the datalist is read before anything is written
+        restore.restore(str(records), str(out), **{**arguments, "dataset_dir": str(tmp_path)})
     assert not out.exists()
 
     encoders = ",".join(f"{arm}={path}" for arm, path in released.items())
@@ -866,6 +868,11 @@ def test_restore_puts_a_run_back_from_its_published_records(tmp_path, hippocampu
     bank = plan.bank_path(settings, out)
     assert bank.is_file() and result["bank"]["sha256"] == hashlib.sha256(bank.read_bytes()).hexdigest()
     assert (out / "evaluate" / "few_shot_scratch_seed0" / plan.METRICS_FILE).is_file()
+    # the datalist is not published but written from the dataset, as `run` writes it: an ablation's --main_run needs it
+    assert not (records / "datalist.json").exists()
+    expected_list = plan.read_datalist(hippocampus_dir, settings.val_cases)
+    assert json.loads((out / "datalist.json").read_text()) == expected_list
+    assert all(path.is_file() for path in ablation.main_inputs(settings, out))  # what `ablate` checks it has
     by_name = {stage.name: stage for stage in plan.plan_stages(settings, out, hippocampus_dir, out / "datalist.json")}
     assert not by_name["finetune_few_shot_scratch_seed0"].root.exists()
     expected = ["bank", "pretrain_anatomy", "pretrain_primitives", "finetune_few_shot_scratch_seed0",

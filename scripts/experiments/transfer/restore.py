@@ -3,8 +3,9 @@
 ``report --results_doc`` publishes a run's small records to ``records/<run folder>/`` beside the results page: its
 settings, stage records, per-case Dice, learning curves and training cases, and an ablation's own encoders. They hold
 no network weights of the main run (its encoders are released in the pre-training bundle) and no fine-tuned weights.
-``restore`` copies them into a run folder, puts the given encoders in place and rebuilds the experiment's bank with the
-bank stage's command (the build is deterministic), then writes ``restored.json`` (what came from where, with
+``restore`` copies them into a run folder, puts the given encoders in place, rebuilds the experiment's bank with the
+bank stage's command (the build is deterministic) and writes its datalist from the dataset (as ``run`` does, so that
+the folder can be an ablation's ``--main_run``), then writes ``restored.json`` (what came from where, with
 sha256). A later ``run`` or ``ablate`` with the same settings resumes after the finished stages: a fine-tuning whose
 weights are gone counts as done while its evaluation is (``runner.is_settled``).
 """
@@ -18,7 +19,15 @@ from pathlib import Path
 
 from experiments.runner import is_settled, read_record, utc_now
 from experiments.transfer import progress
-from experiments.transfer.plan import BANK_SUBJECTS, DEFAULT_DATASET, ENCODER, Settings, bank_path, bank_stages
+from experiments.transfer.plan import (
+    BANK_SUBJECTS,
+    DEFAULT_DATASET,
+    ENCODER,
+    Settings,
+    bank_path,
+    bank_stages,
+    read_datalist,
+)
 from synth_transforms.cli_args import comma_items
 from synth_transforms.io import atomic_path, file_sha256, read_json, write_json_atomic
 
@@ -94,6 +103,12 @@ def rebuild_bank(out: Path, recorded: dict, bank_subjects: Path) -> dict | None:
     return {"command": command, "sha256": file_sha256(bank)}
 
 
+def main_run_datalist(recorded: dict, dataset_dir: Path) -> dict | None:
+    """A main run's datalist, read from the dataset as ``run`` does when it starts (it is not published: it is the
+    dataset's own list); None for an ablation, which reads its main run's."""
+    return None if "ablation" in recorded else read_datalist(dataset_dir, Settings(**recorded).val_cases)
+
+
 def restore(
     records: str,
     out: str,
@@ -109,6 +124,7 @@ def restore(
     check_records(records_path)
     chosen = parse_encoders(encoders)
     check_encoders(records_path, chosen)
+    datalist = main_run_datalist(read_json(records_path / "settings.json", "run settings"), Path(dataset_dir).resolve())
     files = sorted(p.relative_to(records_path) for p in records_path.rglob("*") if p.is_file())
     files = [relative for relative in files if relative != Path(RESTORED)]  # the log is extended, not copied
     clash = conflicts(records_path, out_path, files)
@@ -120,6 +136,8 @@ def restore(
     placed = place_encoders(out_path, chosen)
     recorded = read_json(out_path / "settings.json", "run settings")
     bank = rebuild_bank(out_path, recorded, Path(bank_subjects).resolve())
+    if datalist is not None:
+        write_json_atomic(out_path / "datalist.json", datalist)
     entry = {"restored": utc_now(), "records": str(records_path), "files": len(files), "encoders": placed, "bank": bank}
     log = next((p for p in (out_path / RESTORED, records_path / RESTORED) if p.is_file()), None)
     earlier = read_json(log, "restore log") if log is not None else []
