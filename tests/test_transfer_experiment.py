@@ -45,6 +45,8 @@ from experiments.transfer.command import check_pretrain
 from experiments.transfer.command import drift as encoder_drift_of
 from experiments.transfer.command import report as report_run
 
+from synth_transforms.machine import device_name
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "run_transfer_experiment.py"
 
@@ -237,8 +239,9 @@ def test_schedule_runs_stages_as_the_runner_does():
     assert step.scaled(1000, 2, 2) == pytest.approx(4.0 / estimate.THREAD_SPEEDUP)
 
 
-def write_record(run: Path, name: str, ok: bool, started: str, finished: str, wall_s: float = 60.0) -> None:
+def write_record(run: Path, name: str, ok: bool, started: str, finished: str, wall_s: float = 60.0, **facts) -> None:
     record = {"stage": name, "ok": ok, "wall_s": wall_s, "started": started, "finished": finished, "command": [name]}
+    record |= facts  # what the runner adds (commit, machine)
     runner.record_path(run, name).parent.mkdir(parents=True, exist_ok=True)
     runner.record_path(run, name).write_text(json.dumps(record))
 
@@ -751,6 +754,7 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     for name, commit in commits:
         record = {"ok": True, "wall_s": 9.0, "iterations": None, "finished": "t", "command": ["x"], "commit": commit}
         record |= {"segments": 3} if name == "pretrain_anatomy" else {}
+        record |= {"machine": "CPU: AMD EPYC, 2 cores"} if name == "bank" else {}  # not said before 2026-12-07
         runner.record_path(tmp_path, name).parent.mkdir(parents=True, exist_ok=True)
         runner.record_path(tmp_path, name).write_text(json.dumps(record))
     summary = report.summarise(settings, tmp_path, stages, {"1": "Anterior", "2": "Posterior"})
@@ -776,10 +780,12 @@ def test_results_hold_statistics_curves_and_figures(tmp_path, hippocampus_dir):
     assert "| all | anatomy-primitives | 1 |" in page and "n/a (one seed)" in page
     assert "coarse" in page and "10000 resamples" in page
     assert "preset `cpu`" in page and "64^3 patches from a bank at 2.25 mm (144 mm a side)" in page
-    ran_at = "The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage), not recorded (1 stage)."
-    assert f"code commit abc123. {ran_at}" in page and "| pretrain_primitives |  | 9.0 | t | not recorded |" in page
-    assert "| bank |  | 9.0 | t | `3440745` |" in page
-    assert "| pretrain_anatomy |  | 9.0 (3 segments) | t | `4c1d071` |" in page
+    ran_at = "The stages ran at commit `3440745` (1 stage), `4c1d071` (1 stage), not recorded (1 stage)"
+    ran_on = "on not recorded (2 stages), CPU: AMD EPYC, 2 cores (1 stage)."
+    assert f"code commit abc123. {ran_at}, {ran_on}" in page
+    assert "| pretrain_primitives |  | 9.0 | t | not recorded | not recorded |" in page
+    assert "| bank |  | 9.0 | t | `3440745` | CPU: AMD EPYC, 2 cores |" in page
+    assert "| pretrain_anatomy |  | 9.0 (3 segments) | t | `4c1d071` | not recorded |" in page
     if written["figures"]:  # matplotlib present: the figures exist and the pages link them from where they are
         assert written["figures"] == {
             "differences": "paired_differences.png", "finetune": "learning_curve.png", "pretrain": "pretrain_curve.png"
@@ -1113,6 +1119,7 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
         runs.mkdir(parents=True)
         rounds = [{"iteration": 400, "mean_dice": dice - 0.1}, {"iteration": 800, "mean_dice": dice}]
         (runs / curves.CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    write_record(out, "pretrain_no_anchors", True, "s", "t", machine="CPU: AMD EPYC, 2 cores")
     stages = ablation.ablation_stages(cpu, choices, out, hippocampus_dir)
     summary = ablation.summarise(cpu, choices, out, stages, {"1": "Anterior", "2": "Posterior"}, "abc123")
     doc = tmp_path / "docs" / "results.md"
@@ -1156,6 +1163,7 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     assert "did not help at this budget" in page  # fill: above the full method on every seed
     assert "| 100 | pool100 | 3 |" in page and "| unlimited | anatomy | 3 |" in page
     assert "- pretrain_pool1000" in page and "code commit abc123" in page
+    assert "The stages ran on CPU: AMD EPYC, 2 cores (1 stage)." in page  # a run resumed elsewhere names each machine
     if written["figure"]:  # matplotlib present
         assert (out / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert "](records/ablation/data_volume_curve.png)" in page  # published beside the page, to be committed
@@ -1258,6 +1266,8 @@ def test_quick_experiment_end_to_end(tmp_path, hippocampus_dir):
     assert all(figure.startswith("records/transfer/") for figure in links.findall(table))
     assert json.loads((published / "results.json").read_text())["results"] == summary["results"]
     stage_records = sorted(p.name for p in (out / "stages").iterdir())
+    machines = {json.loads(path.read_text())["machine"] for path in (out / "stages").iterdir()}
+    assert machines == {device_name("cpu")} and device_name("cpu") in table  # each record says where it ran
     assert sorted(p.name for p in (published / "stages").iterdir()) == stage_records
     for regime in ("few_shot", "all"):
         for arm in ("scratch", "primitives", "anatomy"):

@@ -36,6 +36,7 @@ from experiments.transfer.report import results_table, summarise, write_results,
 from experiments.transfer.restore import restore
 from synth_transforms.fire_runner import run_fire
 from synth_transforms.io import read_json, write_json_atomic
+from synth_transforms.machine import device_name
 
 
 def check_device(device: str) -> None:
@@ -58,6 +59,13 @@ def preset_name(preset: str | None, quick: bool) -> str:
     if quick and preset not in (None, "quick"):
         raise ValueError(f"--quick is --preset quick, but --preset {preset!r} was given too: pass one of them")
     return "quick" if quick else preset or "gpu"
+
+
+def stage_runner(out: Path, device: str, jobs: int, commit: str) -> StageRunner:
+    """The runner of an experiment's stages; each record says the code's commit and the machine (a CPU model, or the
+    GPU) the stage ran on: a run resumed on another machine mixes them, and CPU models differ in their last bits."""
+    facts = {"commit": commit, "machine": device_name(device)}
+    return StageRunner(out, jobs, stage_environment(device, jobs), facts)
 
 
 def stage_environment(device: str, jobs: int) -> dict:
@@ -139,7 +147,7 @@ def run(
         write_json_atomic(settings_file, dataclasses.asdict(settings))
     selected = select_stages(stages, only)
     commit = code_commit()
-    StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
+    stage_runner(out_path, settings.device, jobs, commit).run(stages, selected)
     return write_report(out_path, settings, None, stages, dataset, results_doc, commit)
 
 
@@ -225,7 +233,7 @@ def ablate(
     record_settings(out_path / "settings.json", recorded, "ablation settings")
     selected = select_stages(stages, only)
     commit = code_commit()
-    StageRunner(out_path, jobs, stage_environment(settings.device, jobs), {"commit": commit}).run(stages, selected)
+    stage_runner(out_path, settings.device, jobs, commit).run(stages, selected)
     return write_report(out_path, settings, choices, stages, dataset, results_doc, commit)
 
 

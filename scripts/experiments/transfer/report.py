@@ -294,7 +294,8 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         "",
         f"Written {summary['written']} by `scripts/run_transfer_experiment.py` on {summary['device']}"
         + (f", code commit {summary['commit']}." if summary.get("commit") else ".")
-        + (f" The stages ran at commit {stage_commits(summary['stages'])}." if summary["stages"] else ""),
+        + (f" The stages ran at commit {stage_commits(summary['stages'])}" if summary["stages"] else "")
+        + (f", on {stage_machines(summary['stages'])}." if summary["stages"] else ""),
         "",
         "## Dice on the validation split (final fine-tuned weights)",
         "",
@@ -340,15 +341,27 @@ def stage_commits(records: dict) -> str:
     return ", ".join(f"{commit} ({n} stage{'s' if n > 1 else ''})" for commit, n in counts.most_common())
 
 
+def stage_machine(record: dict) -> str:
+    """The machine a stage ran on, as its record says (records written before 2026-12-07 do not say)."""
+    return record.get("machine") or "not recorded"
+
+
+def stage_machines(records: dict) -> str:
+    """The machines the stages ran on, most used first: ``CPU: AMD EPYC, 2 cores (6 stages), ...``. Floating-point
+    results differ between CPU models, so a comparison whose stages ran on different machines carries that too."""
+    counts = Counter(stage_machine(record) for record in records.values())
+    return ", ".join(f"{machine} ({n} stage{'s' if n > 1 else ''})" for machine, n in counts.most_common())
+
+
 def stage_table(records: dict) -> list[str]:
     """One row per recorded stage: iterations, wall seconds (over every segment of a resumed stage), when it
-    finished and the commit it ran."""
-    lines = ["| stage | iterations | wall s | finished | commit |", "|---|---|---|---|---|"]
+    finished, the commit it ran and the machine it ran on."""
+    lines = ["| stage | iterations | wall s | finished | commit | machine |", "|---|---|---|---|---|---|"]
     for name, record in records.items():
         segments = record.get("segments", 1)
         wall = f"{record['wall_s']}" + (f" ({segments} segments)" if segments > 1 else "")
         cells = [name, str(record.get("iterations") or ""), wall, record["finished"]]
-        lines.append("| " + " | ".join([*cells, short_commit(record.get("commit"))]) + " |")
+        lines.append("| " + " | ".join([*cells, short_commit(record.get("commit")), stage_machine(record)]) + " |")
     return lines
 
 
