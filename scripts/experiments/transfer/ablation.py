@@ -327,7 +327,7 @@ def ablation_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: P
         f"with the main run's anatomy recipe and budget, then fine-tuned few-shot like its arms and compared with "
         f"`{FULL}` (the full method: the main run's anatomy encoder) and `{SCRATCH}`, fine-tuned here with the same "
         "seeds.",
-        *(["", f"The stages ran on {report.stage_machines(summary['stages'])}."] if summary["stages"] else []),
+        *(["", report.stages_ran(summary["stages"])] if summary["stages"] else []),
         "",
         "### Few-shot Dice per arm (validation split, final fine-tuned weights)",
         "",

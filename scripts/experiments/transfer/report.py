@@ -294,8 +294,7 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         "",
         f"Written {summary['written']} by `scripts/run_transfer_experiment.py` on {summary['device']}"
         + (f", code commit {summary['commit']}." if summary.get("commit") else ".")
-        + (f" The stages ran at commit {stage_commits(summary['stages'])}" if summary["stages"] else "")
-        + (f", on {stage_machines(summary['stages'])}." if summary["stages"] else ""),
+        + (f" {stages_ran(summary['stages'])}" if summary["stages"] else ""),
         "",
         "## Dice on the validation split (final fine-tuned weights)",
         "",
@@ -351,6 +350,11 @@ def stage_machines(records: dict) -> str:
     results differ between CPU models, so a comparison whose stages ran on different machines carries that too."""
     counts = Counter(stage_machine(record) for record in records.values())
     return ", ".join(f"{machine} ({n} stage{'s' if n > 1 else ''})" for machine, n in counts.most_common())
+
+
+def stages_ran(records: dict) -> str:
+    """One sentence: the commits and the machines the recorded stages ran at and on."""
+    return f"The stages ran at commit {stage_commits(records)}, on {stage_machines(records)}."
 
 
 def stage_table(records: dict) -> list[str]:
