@@ -1120,6 +1120,11 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
         rounds = [{"iteration": 400, "mean_dice": dice - 0.1}, {"iteration": 800, "mean_dice": dice}]
         (runs / curves.CURVE_FILE).write_text("".join(json.dumps(r) + "\n" for r in rounds))
     write_record(out, "pretrain_no_anchors", True, "s", "t", machine="CPU: AMD EPYC, 2 cores")
+    ran_on = {("anatomy", 0): "Intel Xeon", ("no_anchors", 0): "AMD EPYC", ("scratch", 1): "AMD EPYC"}
+    ran_on |= {("no_anchors", 1): "AMD EPYC"}  # seed 1: one machine
+    for (arm, seed), cpu_model in ran_on.items():
+        write_record(out, f"finetune_few_shot_{arm}_seed{seed}", True, "s", "t", machine=f"CPU: {cpu_model}, 2 cores")
+    write_record(out, "finetune_few_shot_fill_seed1", True, "s", "t")  # says no machine: not compared
     stages = ablation.ablation_stages(cpu, choices, out, hippocampus_dir)
     summary = ablation.summarise(cpu, choices, out, stages, {"1": "Anterior", "2": "Posterior"}, "abc123")
     doc = tmp_path / "docs" / "results.md"
@@ -1163,8 +1168,10 @@ def test_ablation_report_pairs_each_arm_with_the_full_method(tmp_path, hippocamp
     assert "did not help at this budget" in page  # fill: above the full method on every seed
     assert "| 100 | pool100 | 3 |" in page and "| unlimited | anatomy | 3 |" in page
     assert "- pretrain_pool1000" in page and "code commit abc123" in page
-    ran = "The stages ran at commit not recorded (1 stage), on CPU: AMD EPYC, 2 cores (1 stage)."
-    assert ran in page  # a run resumed elsewhere names each machine
+    machines = "CPU: AMD EPYC, 2 cores (4 stages), CPU: Intel Xeon, 2 cores (1 stage), not recorded (1 stage)"
+    assert f"The stages ran at commit not recorded (6 stages), on {machines}." in page  # each machine is named
+    mixed = "Fine-tunings of one seed ran on different machines: few_shot seed 0 (`anatomy` on CPU: Intel Xeon, 2 cores"
+    assert f"{mixed}, `no_anchors` on CPU: AMD EPYC, 2 cores)." in page and "few_shot seed 1" not in page
     if written["figure"]:  # matplotlib present
         assert (out / "data_volume_curve.png").read_bytes()[:4] == b"\x89PNG"
         assert "](records/ablation/data_volume_curve.png)" in page  # published beside the page, to be committed

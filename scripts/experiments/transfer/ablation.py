@@ -338,6 +338,7 @@ def ablation_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: P
         *(report.differences_table(summary) or ["No arm shares a finished seed with the full method yet."]),
         "",
         report.bootstrap_note(summary),
+        *(["", note] if (note := report.machine_note(summary)) else []),
         "",
         "### What each component does",
         "",

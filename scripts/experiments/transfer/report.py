@@ -186,6 +186,34 @@ def differences_table(summary: dict) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
+def mixed_machines(records: dict, regime: str) -> dict[int, dict[str, str]]:
+    """``{seed: {arm: machine}}`` for the seeds of ``regime`` whose fine-tunings ran on more than one machine, as the
+    stage records say (records that do not say are left out)."""
+    by_seed: dict[int, dict[str, str]] = {}
+    for name, record in records.items():
+        match = re.fullmatch(rf"finetune_{regime}_(.+)_seed(\d+)", name)
+        if match and record.get("machine"):
+            by_seed.setdefault(int(match[2]), {})[match[1]] = record["machine"]
+    return {seed: arms for seed, arms in sorted(by_seed.items()) if len(set(arms.values())) > 1}
+
+
+def machine_note(summary: dict) -> str:
+    """A warning naming each seed whose paired arms were fine-tuned on different machines; "" when there is none.
+    The same fine-tuning on two CPU models ends at different Dice (by about 0.003 on MSD Hippocampus few-shot, see
+    docs/results.md), so such a paired difference measures the change of machine too."""
+    mixed = [
+        f"{regime} seed {seed} (" + ", ".join(f"`{arm}` on {machine}" for arm, machine in arms.items()) + ")"
+        for regime in summary.get("results", {})
+        for seed, arms in mixed_machines(summary["stages"], regime).items()
+    ]
+    if not mixed:
+        return ""
+    return (
+        "Fine-tunings of one seed ran on different machines: " + "; ".join(mixed) + ". CPU models differ in their "
+        "last bits and a training run amplifies that, so these seeds' paired differences include a change of machine."
+    )
+
+
 def bootstrap_note(summary: dict) -> str:
     """What the intervals are, and how coarse they are with the seeds at hand."""
     statistics_ = summary.get("statistics", {}).values()
@@ -305,6 +333,7 @@ def results_markdown(summary: dict, doc_dir: Path | None = None, figures_dir: Pa
         *differences_table(summary),
         "",
         bootstrap_note(summary),
+        *(["", note] if (note := machine_note(summary)) else []),
         "",
         *links.get("differences", []),
         "## Learning curves",
