@@ -363,10 +363,14 @@ def short_commit(commit: str | None) -> str:
     return commit or "not recorded"
 
 
+def _stage_counts(values) -> str:
+    """Each value with the number of stages that have it, most common first: ``a (30 stages), b (2 stages)``."""
+    return ", ".join(f"{value} ({n} stage{'s' if n > 1 else ''})" for value, n in Counter(values).most_common())
+
+
 def stage_commits(records: dict) -> str:
     """The code commits the stages ran at, most used first: ``abc1234 (30 stages), def5678 (2 stages)``."""
-    counts = Counter(short_commit(record.get("commit")) for record in records.values())
-    return ", ".join(f"{commit} ({n} stage{'s' if n > 1 else ''})" for commit, n in counts.most_common())
+    return _stage_counts(short_commit(record.get("commit")) for record in records.values())
 
 
 def stage_machine(record: dict) -> str:
@@ -377,8 +381,7 @@ def stage_machine(record: dict) -> str:
 def stage_machines(records: dict) -> str:
     """The machines the stages ran on, most used first: ``CPU: AMD EPYC, 2 cores (6 stages), ...``. Floating-point
     results differ between CPU models, so a comparison whose stages ran on different machines carries that too."""
-    counts = Counter(stage_machine(record) for record in records.values())
-    return ", ".join(f"{machine} ({n} stage{'s' if n > 1 else ''})" for machine, n in counts.most_common())
+    return _stage_counts(stage_machine(record) for record in records.values())
 
 
 def stages_ran(records: dict) -> str:

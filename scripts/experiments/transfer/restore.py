@@ -124,7 +124,8 @@ def restore(
     check_records(records_path)
     chosen = parse_encoders(encoders)
     check_encoders(records_path, chosen)
-    datalist = main_run_datalist(read_json(records_path / "settings.json", "run settings"), Path(dataset_dir).resolve())
+    recorded = read_json(records_path / "settings.json", "run settings")  # copied as it is (or refused below)
+    datalist = main_run_datalist(recorded, Path(dataset_dir).resolve())
     files = sorted(p.relative_to(records_path) for p in records_path.rglob("*") if p.is_file())
     files = [relative for relative in files if relative != Path(RESTORED)]  # the log is extended, not copied
     clash = conflicts(records_path, out_path, files)
@@ -134,7 +135,6 @@ def restore(
         with atomic_path(out_path / relative) as tmp:
             shutil.copyfile(records_path / relative, tmp)
     placed = place_encoders(out_path, chosen)
-    recorded = read_json(out_path / "settings.json", "run settings")
     bank = rebuild_bank(out_path, recorded, Path(bank_subjects).resolve())
     if datalist is not None:
         write_json_atomic(out_path / "datalist.json", datalist)
